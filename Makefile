@@ -1,0 +1,59 @@
+# Every target sets up what it needs on a fresh machine: a virtualenv, the project, Debian's
+# prometheus (where root and apt are available), Kafka jars (via Maven) and the geography index.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+AMB := $(BIN)/amb
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup system-deps test lint typecheck unit demo bench chaos clean stack-down
+
+help:
+	@echo "make demo   - set up everything, start the stack and run the platform end to end"
+	@echo "make test   - set up everything and run lint, type checks and the full test suite"
+	@echo "make bench  - run every benchmark in bench/ and write bench/results.md"
+	@echo "make clean  - stop the local stack and remove .amb/ and .venv/"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian's prometheus (server + promtool) for the local stack and rule tests. Skipped, loudly,
+# where apt or root is not available; the tests that need it then say so.
+system-deps:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's prometheus (server and promtool)"; \
+	  (apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null)) \
+	  && systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	  pkill -x prometheus >/dev/null 2>&1 || true; \
+	else echo "WARNING: prometheus not installed and apt/root unavailable: Prometheus parts will be skipped"; fi
+	@command -v java >/dev/null || { echo "error: java (17+) not found: install a JDK (apt-get install openjdk-17-jre-headless)"; exit 2; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install maven)"; exit 2; }
+
+setup: $(STAMP) system-deps
+	$(AMB) stack install
+	$(AMB) geo build
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest -q
+
+demo: setup
+	$(AMB) demo
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+stack-down:
+	-$(AMB) stack down
+
+clean: stack-down
+	rm -rf .amb $(VENV)

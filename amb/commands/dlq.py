@@ -1,0 +1,10 @@
+"""`amb dlq`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("dlq", help="(not built yet)")
+def command() -> None:
+    pass

@@ -1,0 +1,1 @@
+"""Faust agents: thin adapters that run the domain core over Kafka topics."""
