@@ -114,12 +114,32 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     s = dataclasses.replace(
         s, data_dir=s.data_dir.expanduser().resolve(), cache_dir=s.cache_dir.expanduser().resolve()
     )
-    for port_field in ("kafka_port", "kafka_controller_port", "prometheus_port", "serve_port"):
-        port = getattr(s, port_field)
-        if not 0 < port < 65536:
-            var = Settings.__dataclass_fields__[port_field].metadata["env"]
-            raise ConfigError(f"{var}={port} is not a TCP port (1-65535)")
+    _check(s)
     return s
+
+
+# Ports that must be real; the metrics/web ports may be 0, meaning "off" (or "any free port" for Faust).
+_REQUIRED_PORTS = ("kafka_port", "kafka_controller_port", "prometheus_port", "serve_port")
+_OPTIONAL_PORTS = ("publisher_metrics_port", "worker_metrics_port", "sink_metrics_port", "worker_web_port")
+
+
+def _env_name(name: str) -> str:
+    return str(Settings.__dataclass_fields__[name].metadata["env"])
+
+
+def _check(s: Settings) -> None:
+    for name in _REQUIRED_PORTS:
+        port = getattr(s, name)
+        if not 0 < port < 65536:
+            raise ConfigError(f"{_env_name(name)}={port} is not a TCP port (1-65535)")
+    for name in _OPTIONAL_PORTS:
+        port = getattr(s, name)
+        if not 0 <= port < 65536:
+            raise ConfigError(f"{_env_name(name)}={port} is not a TCP port (0 = off, or 1-65535)")
+    if s.kafka_partitions < 1:
+        raise ConfigError(f"AMB_KAFKA_PARTITIONS={s.kafka_partitions} must be at least 1")
+    if s.late_horizon_days < 1:
+        raise ConfigError(f"AMB_LATE_HORIZON_DAYS={s.late_horizon_days} must be at least 1")
 
 
 def describe() -> list[tuple[str, str, str]]:
