@@ -58,6 +58,10 @@ class Settings:
     geo_dir: Path | None = _setting(
         "AMB_GEO_DIR", None, "Built geography index. Default: AMB_DATA_DIR/geo.",
     )
+    geo_data_path: Path | None = _setting(
+        "AMB_GEO_DATA_DIR", None,
+        "Reference data the geography index is built from. Default: data/geo of this checkout.",
+    )
     prometheus_port: int = _setting("AMB_PROMETHEUS_PORT", 9090, "Port of the local Prometheus server.")
     publisher_metrics_port: int = _setting("AMB_PUBLISHER_METRICS_PORT", 9101, "Prometheus metrics port of `amb publish`/`amb simulate --publish` (0 = off).")
     worker_metrics_port: int = _setting("AMB_WORKER_METRICS_PORT", 9102, "Prometheus metrics port of `amb worker`.")
@@ -78,6 +82,10 @@ class Settings:
     @property
     def geo_index_dir(self) -> Path:
         return self.geo_dir or self.data_dir / "geo"
+
+    @property
+    def geo_data_dir(self) -> Path:
+        return self.geo_data_path or Path(__file__).resolve().parents[1] / "data" / "geo"
 
     @property
     def run_dir(self) -> Path:
