@@ -1,0 +1,462 @@
+"""TrustPublisher: the SDK a trust uses to put its events on its own Kafka topic.
+
+Everything goes through the same validation as the stream side (domain.validation) before it is
+sent; an invalid record is not sent but reported (``on_reject`` and the per-reason counts), never
+dropped silently. Valid events are Avro-encoded (amb.codec) and produced with an idempotent
+producer (no duplicates from retries, per-partition order kept) to ``<prefix>.events.<ODS>``, keyed
+``trust:incident`` so one incident's events stay ordered on one partition.
+
+    with TrustPublisher(settings, "RX7") as pub:
+        pub.publish_records(enumerate(records, start=1))   # interchange dicts, with line numbers
+        pub.publish_events(events)                         # or domain Events
+    print(pub.stats.delivered, pub.stats.rejected)
+
+Delivery accounting: librdkafka reports only failed deliveries (``delivery.report.only.error``);
+a Python callback per delivered message would cost more than producing it. After ``flush()``,
+``delivered = sent - failed`` exactly, because flush returns only when every message has been
+acknowledged by the broker or has failed (and failures are counted by the callback).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Final
+
+from amb.codec import Codec, event_from_avro
+from amb.config import Settings
+from amb.errors import AmbError
+from domain.events import TRUSTS, Event
+from domain.validation import Code, Reason, Rejection, check_event, parse_record, surely_valid
+
+PRODUCER_DEFAULTS: Final[dict[str, Any]] = {
+    "enable.idempotence": True,        # acks=all, retries without duplicates or reordering
+    "linger.ms": 20,                   # batch up to 20 ms of events per partition
+    "batch.size": 1_000_000,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 512 * 1024,
+    "delivery.report.only.error": True,
+    "message.timeout.ms": 120_000,
+}
+"""librdkafka settings of the publisher; ``producer_config`` overrides any of them."""
+
+FIRST_LINES: Final = 5
+"""Line numbers kept per rejection reason for the summary (every line goes to ``on_reject``)."""
+
+
+@dataclass
+class RejectedRecord:
+    """One record that was not sent: where it came from and why."""
+
+    line: int | None
+    rejection: Rejection
+    record: Mapping[str, Any] | Event | None = None
+
+
+@dataclass
+class PublishStats:
+    """Counts of one publisher's life; ``delivered`` is exact after ``flush()``/``close()``."""
+
+    sent: int = 0
+    failed: int = 0
+    rejected: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    by_reason: Counter[str] = field(default_factory=Counter)
+    first_lines: dict[str, list[int]] = field(default_factory=dict)
+    failures: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def delivered(self) -> int:
+        return self.sent - self.failed
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        """Events sent per second of wall time."""
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def reject(self, line: int | None, rejection: Rejection) -> None:
+        self.rejected += 1
+        reason = rejection.reasons[0]
+        key = f"{reason.code} ({reason.field})" if reason.field else str(reason.code)
+        self.by_reason[key] += 1
+        if line is not None:
+            lines = self.first_lines.setdefault(key, [])
+            if len(lines) < FIRST_LINES:
+                lines.append(line)
+
+
+class TrustPublisher:
+    """Validates, encodes and produces one trust's events. Use as a context manager (flushes on exit)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        trust: str,
+        *,
+        topic: str | None = None,
+        codec: Codec | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+        on_reject: Callable[[RejectedRecord], None] | None = None,
+        dry_run: bool = False,
+        check_broker: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if trust not in TRUSTS:
+            raise AmbError(f"unknown trust {trust!r}: expected an ambulance trust ODS code ({', '.join(TRUSTS)})")
+        self.settings = settings
+        self.trust = trust
+        self.topic = topic or _events_topic(settings, trust)
+        self.codec = codec or Codec.from_settings(settings)
+        self.on_reject = on_reject
+        self.dry_run = dry_run
+        self.stats = PublishStats()
+        self._clock = clock
+        self._producer: Any = None
+        if not dry_run:
+            from confluent_kafka import KafkaException, Producer
+
+            if check_broker:
+                from amb.stack.kafka import require_broker
+
+                require_broker(settings.bootstrap)
+            conf = {
+                **PRODUCER_DEFAULTS,
+                "bootstrap.servers": settings.bootstrap,
+                "client.id": f"amb-publisher-{trust}",
+                "error_cb": self._on_error,
+                # one delivery callback for every message, set once: passing it to each produce()
+                # call costs almost as much as the call itself
+                "on_delivery": self._on_delivery,
+                **(producer_config or {}),
+            }
+            try:
+                self._producer = Producer(conf)
+            except KafkaException as exc:
+                raise AmbError(f"cannot create the Kafka producer: {exc.args[0].str()}") from None
+        self._errors: list[str] = []
+
+    # -- public API ---------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def publish(self, item: Mapping[str, Any] | Event, line: int | None = None) -> bool:
+        """Validate and send one record or Event; False (and reported) when it is rejected."""
+        self._check_open()
+        if isinstance(item, Event):
+            return self.publish_events((item,), first_line=line) == 1
+        return self.publish_records(((line, item),)) == 1
+
+    def publish_records(self, records: Iterable[tuple[int | None, Mapping[str, Any] | Event | Rejection]]) -> int:
+        """Interchange records with their line numbers (None when there is none). Returns how many were sent.
+
+        An item may also be an Event (e.g. from an Avro file of platform events) or a Rejection
+        (a line the reader could not turn into a record: it is reported like any other reject).
+        """
+        self._check_open()
+        now = self.now_ms()
+        trust = self.trust
+        valid: list[Event] = []
+        sent = 0
+        for line, record in records:
+            if isinstance(record, Rejection):
+                self._reject(line, record, None)
+                continue
+            if isinstance(record, Event):
+                reasons = check_event(record, now_ms=now, trust=trust)
+                result: Event | Rejection = record if not reasons else Rejection(
+                    tuple(reasons), record.event_id, record.trust, record.incident_id)
+            else:
+                result = parse_record(record, now_ms=now, trust=trust)
+            if isinstance(result, Rejection):
+                self._reject(line, result, record)
+                continue
+            valid.append(result)
+            if len(valid) >= 5000:
+                sent += self._send(valid, now, validated=True)
+                valid = []
+                now = self.now_ms()
+        if valid:
+            sent += self._send(valid, now, validated=True)
+        return sent
+
+    def publish_events(self, events: Iterable[Event], first_line: int | None = None) -> int:
+        """Domain Events (e.g. from a simulator); ``first_line`` numbers them for reports. Returns how many were sent."""
+        self._check_open()
+        batch = events if isinstance(events, list | tuple) else list(events)
+        return self._send(batch, self.now_ms(), validated=False, first_line=first_line)
+
+    def publish_encoded(self, values: Iterable[tuple[bytes, bytes | str]]) -> int:
+        """Already-encoded (value, key) pairs, e.g. a replay; no validation. Returns how many were sent."""
+        self._check_open()
+        n = 0
+        for value, key in values:
+            self._produce(value, key)
+            n += 1
+        self.stats.sent += n
+        return n
+
+    def flush(self, timeout: float = 60.0) -> int:
+        """Wait for every sent event to be acknowledged or failed; returns how many are still in flight."""
+        if self._producer is None:
+            return 0
+        remaining = int(self._producer.flush(timeout))
+        if remaining:
+            self._errors.append(f"{remaining} events still unacknowledged after {timeout:.0f} s")
+        return remaining
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Flush, count what is still unacknowledged as failed, and release the Kafka client."""
+        if self.stats.finished is not None:
+            return
+        remaining = self.flush(timeout)
+        self.stats.failed += remaining
+        self.stats.finished = time.monotonic()
+        producer, self._producer = self._producer, None
+        if producer is not None and hasattr(producer, "close"):
+            producer.close()
+
+    def __enter__(self) -> TrustPublisher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def errors(self) -> list[str]:
+        """Client-level errors seen (broker down, authorisation...), deduplicated, in order."""
+        return list(dict.fromkeys(self._errors))
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.stats.finished is not None:
+            raise AmbError("this TrustPublisher is closed")
+
+    def _send(self, events: Iterable[Event], now: int, *, validated: bool, first_line: int | None = None) -> int:
+        """The hot path: validate (unless done), encode the batch, produce. One clock reading per batch."""
+        batch = self._valid(events, now, first_line) if not validated else (
+            events if isinstance(events, list) else list(events))
+        values = self.codec.encode_batch(batch, now, self.topic)
+        producer = self._producer
+        if producer is not None:
+            produce = producer.produce
+            topic = self.topic
+            for value, e in zip(values, batch, strict=True):
+                try:
+                    produce(topic, value, e.key)
+                except BufferError:  # local queue full: wait for room (back-pressure, not loss)
+                    self._produce(value, e.key)
+            producer.poll(0)
+        self.stats.sent += len(values)
+        return len(values)
+
+    def _valid(self, events: Iterable[Event], now: int, first_line: int | None) -> list[Event]:
+        """The events that pass every rule; the others are reported with their line numbers."""
+        trust = self.trust
+        out: list[Event] = []
+        keep = out.append
+        for i, e in enumerate(events):
+            if surely_valid(e, now, trust):
+                keep(e)
+                continue
+            reasons = check_event(e, now_ms=now, trust=trust)
+            if reasons:
+                line = None if first_line is None else first_line + i
+                self._reject(line, Rejection(tuple(reasons), e.event_id, e.trust, e.incident_id), e)
+            else:  # pragma: no cover - surely_valid and check_event agree (property-tested)
+                keep(e)
+        return out
+
+    def _produce(self, value: bytes, key: str | bytes) -> None:
+        """Produce, waiting for room when librdkafka's local queue is full (back-pressure, not loss)."""
+        if self._producer is None:
+            return
+        while True:
+            try:
+                self._producer.produce(self.topic, value, key)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        # Called only for failures (delivery.report.only.error).
+        if err is not None:
+            self.stats.failed += 1
+            self.stats.failures[str(err.str() if hasattr(err, "str") else err)] += 1
+
+    def _on_error(self, err: Any) -> None:
+        self._errors.append(str(err.str() if hasattr(err, "str") else err))
+
+    def _reject(self, line: int | None, rejection: Rejection, record: Mapping[str, Any] | Event | None) -> None:
+        self.stats.reject(line, rejection)
+        if self.on_reject is not None:
+            self.on_reject(RejectedRecord(line, rejection, record))
+
+
+def _events_topic(settings: Settings, trust: str) -> str:
+    from amb.topics import events_topic
+
+    return events_topic(settings, trust)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading trust export files
+
+FORMATS: Final = ("jsonl", "csv", "avro")
+_EXTENSIONS: Final = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".avro": "avro"}
+RecordItem = tuple[int, Mapping[str, Any] | Event | Rejection]
+
+
+class _CountingReader(io.RawIOBase):
+    """A binary file that counts the bytes read through it (for a progress bar over any format)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+
+class RecordFile:
+    """A trust export file (JSON Lines, CSV or Avro container; optionally gzipped) as numbered records.
+
+    Iterating yields ``(line, item)``: ``line`` is the physical line (JSON Lines, CSV) or the record
+    number (Avro); ``item`` is a dict, an Event (Avro files of platform TrustEvents) or a Rejection
+    for a line that is not a record at all.
+    """
+
+    def __init__(self, path: str | Path, fmt: str = "auto") -> None:
+        self.path = Path(path)
+        self.name = "stdin" if str(path) == "-" else str(path)
+        if str(path) == "-":
+            self._raw: BinaryIO = sys.stdin.buffer
+            self.size = 0
+        else:
+            try:
+                self._raw = self.path.open("rb")
+            except OSError as exc:
+                raise AmbError(f"cannot read {path}: {exc.strerror}") from None
+            self.size = self.path.stat().st_size
+        self._counter = _CountingReader(self._raw)
+        stream: Any = io.BufferedReader(self._counter, 1 << 16)
+        suffixes = [x.lower() for x in self.path.suffixes]
+        if suffixes[-1:] == [".gz"] or stream.peek(2)[:2] == b"\x1f\x8b":
+            stream = io.BufferedReader(gzip.GzipFile(fileobj=stream), 1 << 16)
+            suffixes = suffixes[:-1]
+        self._stream = stream
+        self.format = fmt if fmt != "auto" else self._detect(suffixes)
+        self.fields: list[str] = []
+
+    @property
+    def bytes_read(self) -> int:
+        return self._counter.count
+
+    def _detect(self, suffixes: list[str]) -> str:
+        if suffixes and suffixes[-1] in _EXTENSIONS:
+            return _EXTENSIONS[suffixes[-1]]
+        head = self._stream.peek(16)[:16] if hasattr(self._stream, "peek") else b""
+        if head.startswith(b"Obj\x01"):
+            return "avro"
+        if head.lstrip().startswith(b"{"):
+            return "jsonl"
+        return "csv"
+
+    def __iter__(self) -> Iterator[RecordItem]:
+        if self.format == "jsonl":
+            return self._jsonl()
+        if self.format == "csv":
+            return self._csv()
+        if self.format == "avro":
+            return self._avro()
+        raise AmbError(f"unknown format {self.format!r}: expected one of auto, {', '.join(FORMATS)}")
+
+    def close(self) -> None:
+        self._stream.close()
+        if self._raw is not sys.stdin.buffer:
+            self._raw.close()
+
+    def _text(self) -> io.TextIOWrapper:
+        return io.TextIOWrapper(self._stream, encoding="utf-8-sig", errors="replace", newline="")
+
+    def _jsonl(self) -> Iterator[RecordItem]:
+        loads = json.loads
+        for line_no, line in enumerate(self._text(), start=1):
+            if not line or line.isspace():
+                continue
+            try:
+                record = loads(line)
+            except ValueError as exc:
+                yield line_no, _malformed(f"line {line_no} is not valid JSON: {exc}")
+                continue
+            if not isinstance(record, dict):
+                yield line_no, _malformed(f"line {line_no} is JSON but not an object")
+                continue
+            if not self.fields:
+                self.fields = list(record)
+            yield line_no, record
+
+    def _csv(self) -> Iterator[RecordItem]:
+        reader = csv.DictReader(self._text())
+        self.fields = [f for f in (reader.fieldnames or []) if f]
+        for row in reader:
+            line_no = reader.line_num
+            extra = row.pop(None, None)
+            if extra:
+                yield line_no, _malformed(f"line {line_no} has {len(self.fields) + len(extra)} cells, "
+                                          f"the header has {len(self.fields)}")
+                continue
+            yield line_no, row
+
+    def _avro(self) -> Iterator[RecordItem]:
+        import fastavro
+
+        try:
+            reader = fastavro.reader(self._stream)
+        except (ValueError, EOFError) as exc:
+            raise AmbError(f"{self.name} is not an Avro container file: {exc}") from None
+        schema = reader.writer_schema
+        name = str(schema.get("name", "")) if isinstance(schema, dict) else ""
+        platform_events = name.rsplit(".", 1)[-1] == "TrustEvent"
+        if isinstance(schema, dict):
+            self.fields = [str(f["name"]) for f in schema.get("fields", [])]
+        n = 0
+        try:
+            for n, record in enumerate(reader, start=1):  # noqa: B007 - n is read after the loop
+                if not isinstance(record, dict):
+                    yield n, _malformed(f"record {n} is not an Avro record")
+                elif platform_events:
+                    try:
+                        yield n, event_from_avro(record)
+                    except AmbError as exc:
+                        yield n, _malformed(f"record {n}: {exc}")
+                else:
+                    yield n, record
+        except (ValueError, EOFError, OSError) as exc:
+            raise AmbError(f"{self.name}: Avro file is damaged after record {n}: {exc}") from None
+
+
+def _malformed(message: str) -> Rejection:
+    return Rejection((Reason(Code.MALFORMED_RECORD, message),))
