@@ -43,6 +43,18 @@ class Settings:
         "AMB_BOOTSTRAP_SERVERS", "",
         "Kafka bootstrap servers for clients. Empty means the local stack (AMB_KAFKA_HOST:AMB_KAFKA_PORT).",
     )
+    kafka_secure: bool = _setting(
+        "AMB_KAFKA_SECURE", False,
+        "1 = the broker requires SASL/SCRAM-SHA-512 and ACLs (`amb stack up --secure`); clients log in "
+        "with credentials from AMB_KAFKA_CREDENTIALS.",
+    )
+    kafka_credentials: Path | None = _setting(
+        "AMB_KAFKA_CREDENTIALS", None,
+        "Credentials store (0600 JSON) of the SASL principals. Default: AMB_DATA_DIR/security/credentials.json.",
+    )
+    kafka_ssl_ca: str = _setting(
+        "AMB_KAFKA_SSL_CA", "", "CA certificate file for SASL_SSL in production; empty means SASL_PLAINTEXT.",
+    )
     topic_prefix: str = _setting("AMB_TOPIC_PREFIX", "amb", "Prefix of every project topic name.")
     schema_registry_url: str = _setting(
         "AMB_SCHEMA_REGISTRY_URL", "",
@@ -99,6 +111,12 @@ class Settings:
 def _convert(name: str, raw: str, typ: Any, env: str) -> Any:
     typ_s = str(typ)
     try:
+        if typ_s in ("bool", "<class 'bool'>"):
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
         if typ_s in ("int", "<class 'int'>"):
             return int(raw)
         if "Path" in typ_s:

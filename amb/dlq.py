@@ -173,7 +173,8 @@ def _int(text: str | None) -> int | None:
 
 def read_dead_letters(
     bootstrap: str, dlq_topic: str, *, reason: str | None = None, timeout: float = 10.0,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None, config: Mapping[str, Any] | None = None,
+    group_prefix: str = "amb",
 ) -> Iterator[DeadLetter]:
     """Every dead letter now in ``dlq_topic``, oldest first per partition; filtered by reason code.
 
@@ -183,8 +184,8 @@ def read_dead_letters(
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
     consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"amb-dlq-reader-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False, "enable.partition.eof": False, "log_level": 3,
+        "bootstrap.servers": bootstrap, "group.id": f"{group_prefix}-dlq-reader-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False, "enable.partition.eof": False, "log_level": 3, **(config or {}),
     })
     try:
         meta = consumer.list_topics(dlq_topic, timeout=timeout).topics.get(dlq_topic)
@@ -253,6 +254,7 @@ class ReplayReport:
 def replay(
     bootstrap: str, dlq_topic: str, *, reason: str | None = None, dry_run: bool = False,
     limit: int | None = None, timeout: float = 10.0, producer: Any = None,
+    config: Mapping[str, Any] | None = None, group_prefix: str = "amb",
 ) -> ReplayReport:
     """Re-drive dead letters (those with ``reason``, or all) to their source topics, bytes unchanged.
 
@@ -267,7 +269,7 @@ def replay(
         from confluent_kafka import Producer
 
         producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20,
-                             "log_level": 3})
+                             "log_level": 3, **(config or {})})
 
     def on_delivery(err: Any, msg: Any) -> None:
         if err is not None:

@@ -130,12 +130,16 @@ class TrustPublisher:
         if not dry_run:
             from confluent_kafka import KafkaException, Producer
 
+            from amb.security import client_config, trust_principal
+
+            login = client_config(settings, trust_principal(trust))
             if check_broker:
                 from amb.stack.kafka import require_broker
 
-                require_broker(settings.bootstrap)
+                require_broker(settings.bootstrap, config=login)
             conf = {
                 **PRODUCER_DEFAULTS,
+                **login,
                 "bootstrap.servers": settings.bootstrap,
                 "client.id": f"amb-publisher-{trust}",
                 "error_cb": self._on_error,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from amb.config import Settings
 from amb.errors import AmbError
@@ -65,16 +66,18 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet (replication 1 is fine only for the local broker:
-    on a real cluster the broker's ``default.replication.factor`` applies). Returns the created names.
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], config: Mapping[str, Any] | None = None,
+                  timeout: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet (replication -1: the broker's
+    ``default.replication.factor`` applies). ``config`` adds client properties, e.g. the SASL login of
+    :func:`amb.security.client_config`. Returns the created names.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
     specs = list(specs)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, **(config or {})})
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:

@@ -14,12 +14,16 @@ from amb.errors import AmbError
 from amb.topics import dlq_topic
 
 
-def _connect() -> tuple[str, str]:
+def _connect() -> tuple[str, str, dict[str, str], str]:
+    """bootstrap, DLQ topic, client login (admin on a secure broker: replay writes to trust topics)
+    and the consumer-group prefix."""
     settings = config.load()
+    from amb.security import ADMIN, client_config
     from amb.stack.kafka import require_broker
 
-    require_broker(settings.bootstrap)
-    return settings.bootstrap, dlq_topic(settings)
+    login = client_config(settings, ADMIN)
+    require_broker(settings.bootstrap, config=login)
+    return settings.bootstrap, dlq_topic(settings), login, settings.topic_prefix
 
 
 def _glimpse(letter: DeadLetter) -> str:
@@ -60,10 +64,10 @@ Examples:
 @click.option("--reason", "-r", help="Only dead letters with this reason code (e.g. undecodable, wrong_trust).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter instead of text.")
 def show(limit: int, reason: str | None, as_json: bool) -> None:
-    bootstrap, topic = _connect()
+    bootstrap, topic, login, prefix = _connect()
     counts: Counter[str] = Counter()
     shown = 0
-    for letter in read_dead_letters(bootstrap, topic, reason=reason):
+    for letter in read_dead_letters(bootstrap, topic, reason=reason, config=login, group_prefix=prefix):
         counts[letter.reason] += 1
         if shown >= limit:
             continue
@@ -110,8 +114,8 @@ Examples:
 @click.option("--limit", "-n", type=click.IntRange(min=1), help="Replay at most this many.")
 @click.option("--dry-run", is_flag=True, help="Count what would be replayed; send nothing.")
 def replay_cmd(reason: str | None, limit: int | None, dry_run: bool) -> None:
-    bootstrap, topic = _connect()
-    report = replay(bootstrap, topic, reason=reason, dry_run=dry_run, limit=limit)
+    bootstrap, topic, login, prefix = _connect()
+    report = replay(bootstrap, topic, reason=reason, dry_run=dry_run, limit=limit, config=login, group_prefix=prefix)
     verb = "would replay" if dry_run else "replayed"
     what = f" with reason {reason}" if reason else ""
     targets = ", ".join(f"{t} {c:,}" for t, c in sorted(report.replayed.items())) or "nothing"

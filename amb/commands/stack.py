@@ -10,8 +10,8 @@ from amb import config
 from amb.stack import Stack, maven, process
 
 
-def _stack(prometheus: bool = True) -> Stack:
-    return Stack(config.load(), prometheus=prometheus, echo=click.echo)
+def _stack(prometheus: bool = True, secure: bool | None = None) -> Stack:
+    return Stack(config.load(), prometheus=prometheus, echo=click.echo, secure=secure)
 
 
 @click.group("stack", help="""Run the local stack: Kafka 4 (single-node KRaft) and Prometheus.
@@ -46,17 +46,25 @@ def install() -> None:
 @command.command("up", help="""Start Kafka (installing it first if needed), create the project topics,
 then start Prometheus if it is installed. Idempotent: what already runs is left alone.
 
+With --secure (or AMB_KAFKA_SECURE=1) the broker requires SASL/SCRAM-SHA-512 logins and enforces
+ACLs: `up` creates the admin (super user) and the worker, sink and serve principals, and re-applies
+every stored trust's credential and ACLs; passwords are kept 0600 in
+AMB_DATA_DIR/security/credentials.json. Add trusts with `amb trust add <ODS>`. See docs/security.md.
+
 \b
 Example:
   amb stack up
+  amb stack up --secure && amb trust add RX7
   AMB_KAFKA_PORT=19092 AMB_KAFKA_CONTROLLER_PORT=19093 amb stack up --no-prometheus
 """)
 @click.option("--prometheus/--no-prometheus", default=True, show_default=True,
               help="Also start Prometheus (skipped with a note when not installed).")
 @click.option("--timeout", type=float, default=90.0, show_default=True,
               help="Seconds to wait for the broker to answer.")
-def up(prometheus: bool = True, timeout: float = 90.0) -> None:
-    _stack(prometheus).up(timeout=timeout)
+@click.option("--secure", is_flag=True, default=False,
+              help="SASL/SCRAM-SHA-512 logins and ACLs (default: AMB_KAFKA_SECURE).")
+def up(prometheus: bool = True, timeout: float = 90.0, secure: bool = False) -> None:
+    _stack(prometheus, secure=True if secure else None).up(timeout=timeout)
 
 
 @command.command("down", help="""Stop the processes `amb stack up` started (SIGTERM, then SIGKILL after

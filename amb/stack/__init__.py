@@ -10,6 +10,11 @@ One Python API used by `amb stack`, `amb demo`, the test fixtures and the benchm
 Everything lives under ``settings.data_dir`` (data) and ``settings.run_dir`` (pid files, logs,
 generated configs); the Kafka jars under ``settings.cache_dir``. Two stacks with different data
 dirs and ports run side by side, which is how the tests get their own broker.
+
+``Stack(settings, secure=True)`` (`amb stack up --secure`, or AMB_KAFKA_SECURE=1) starts the broker
+with SASL/SCRAM-SHA-512 and ACLs (amb.stack.kafka, amb.security): the stack then acts as the
+``admin`` super user, and `up` (re)creates the service principals and every stored trust's
+credential and ACLs, so `down --purge` followed by `up --secure` restores everyone's access.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amb import config, topics
+from amb import config, security, topics
 from amb.config import Settings
 from amb.errors import AmbError, ConfigError
 from amb.stack import kafka, maven, process
@@ -58,6 +63,8 @@ class UpReport:
     kafka_ready_s: float = 0.0
     topics_created: list[str] = field(default_factory=list)
     prometheus_pid: int | None = None
+    principals: list[str] = field(default_factory=list)
+    """Secure mode: the principals whose credential and ACLs `up` (re)applied."""
 
 
 def _quiet(_: str) -> None:
@@ -84,10 +91,12 @@ class Stack:
     """Start, inspect and stop the local stack described by ``settings``."""
 
     def __init__(self, settings: Settings, *, prometheus: bool = True, echo: Echo = _quiet,
-                 die_with_parent: bool = False) -> None:
+                 die_with_parent: bool = False, secure: bool | None = None) -> None:
         """``die_with_parent``: processes this object starts get SIGTERM when this Python process
-        dies (test sessions, benchmarks); off for `amb stack up`, whose processes outlive it."""
+        dies (test sessions, benchmarks); off for `amb stack up`, whose processes outlive it.
+        ``secure``: start the broker with SASL/SCRAM and ACLs (None: AMB_KAFKA_SECURE)."""
         self.settings = settings
+        self.secure = security.is_secure(settings) if secure is None else secure
         self.with_prometheus = prometheus
         self.die_with_parent = die_with_parent
         self.echo = echo
@@ -111,6 +120,34 @@ class Stack:
     def kafka_address(self) -> str:
         return f"{kafka.advertised_host(self.settings.kafka_host)}:{self.settings.kafka_port}"
 
+    def admin_config(self) -> dict[str, str]:
+        """confluent-kafka properties to act as the stack's admin ({} when the broker is not secure)."""
+        secure = kafka.configured_secure(self.kafka_paths) if self.kafka_pid() is not None else self.secure
+        return security.client_config(self.settings, security.ADMIN, secure=secure)
+
+    def _admin_password_for_start(self) -> str | None:
+        """The admin password a broker about to start is configured with (None: not secure)."""
+        paths = self.kafka_paths
+        if not self.secure:
+            if kafka.formatted_secure(paths):
+                self.echo(f"note: the Kafka data in {paths.data} was set up for --secure; starting without "
+                          "authentication (`amb stack up --secure` turns it back on)")
+            return None
+        if kafka.formatted(paths) and not kafka.formatted_secure(paths):
+            raise ConfigError(
+                f"the Kafka data in {paths.data} was formatted without --secure, and the admin credential can "
+                "only be added when storage is formatted: run `amb stack down --purge` (deletes the local "
+                "broker's data), then `amb stack up --secure`")
+        store = security.CredentialStore.of(self.settings)
+        if kafka.formatted(paths):
+            password = store.get(security.ADMIN)
+            if password is None:
+                raise ConfigError(
+                    f"the Kafka data in {paths.data} has an admin credential that is not in {store.path}: run "
+                    "`amb stack down --purge` (deletes the local broker's data), then `amb stack up --secure`")
+            return password
+        return store.ensure(security.ADMIN)[0]
+
     # ------------------------------------------------------------------------------------
     def up(self, timeout: float = 90.0) -> UpReport:
         """Start whatever is not running yet; idempotent. Raises AmbError/ConfigError (one line)."""
@@ -125,16 +162,22 @@ class Stack:
             self._check_ports(kafka_pid is None, prom_exe is not None and prom_pid is None)
 
             if kafka_pid is not None:
+                if kafka.configured_secure(self.kafka_paths) != self.secure:
+                    now, asked = ("with", "without") if not self.secure else ("without", "with")
+                    raise ConfigError(f"kafka is already running {now} --secure (pid {kafka_pid}); to start it "
+                                      f"{asked}, run `amb stack down` first")
                 report.kafka_already_running = True
-                report.kafka_ready_s = kafka.wait_ready(s, kafka_pid, self.kafka_paths, timeout)
+                report.kafka_ready_s = kafka.wait_ready(s, kafka_pid, self.kafka_paths, timeout, self.admin_config())
                 self.echo(f"kafka {dist.version}: already running on {self.kafka_address} (pid {kafka_pid})")
             else:
-                paths = kafka.write_config(s)
-                report.kafka_formatted = kafka.format_storage(dist, s, paths)
+                admin_password = self._admin_password_for_start()
+                paths = kafka.write_config(s, admin_password)
+                report.kafka_formatted = kafka.format_storage(
+                    dist, s, paths, security.salted_scram(admin_password) if admin_password else None)
                 started = time.monotonic()
                 kafka_pid = kafka.start(dist, s, paths, die_with_parent=self.die_with_parent)
                 try:
-                    kafka.wait_ready(s, kafka_pid, paths, timeout)
+                    kafka.wait_ready(s, kafka_pid, paths, timeout, self.admin_config())
                 except AmbError:
                     process.terminate(kafka_pid, timeout=10)
                     paths.pid.unlink(missing_ok=True)
@@ -145,15 +188,30 @@ class Stack:
             report.kafka_pid = kafka_pid
 
             specs = topics.project_topics(s)
-            report.topics_created = topics.ensure_topics(self.kafka_address, specs)
+            if self.secure:
+                report.topics_created = topics.ensure_topics(self.kafka_address, specs, self.admin_config())
+            else:
+                report.topics_created = topics.ensure_topics(self.kafka_address, specs)
             self.echo(f"topics: {len(specs)} ready ({len(report.topics_created)} created): "
                       f"{s.topic('events.<ODS>')} x{len(specs) - 2}, {topics.dlq_topic(s)}, "
                       f"{topics.incident_facts_topic(s)}")
             if s.bootstrap_servers and s.bootstrap_servers != self.kafka_address:
                 self.echo(f"note: AMB_BOOTSTRAP_SERVERS={s.bootstrap_servers} points clients at another cluster")
+            if self.secure:
+                self._security_up(report)
 
             report.prometheus_pid = self._prometheus_up(prom_exe, prom_pid)
         return report
+
+    def _security_up(self, report: UpReport) -> None:
+        rows = security.provision_stored(self.settings, bootstrap=self.kafka_address)
+        report.principals = [r[0] for r in rows]
+        store = security.credentials_path(self.settings)
+        self.echo(f"security: SASL/SCRAM-SHA-512 and ACLs on {self.kafka_address}; admin is the super user; "
+                  f"principals: {', '.join(report.principals)} (credentials in {store})")
+        new = [r[0] for r in rows if r[1]]
+        if new:
+            self.echo(f"security: created credentials for {', '.join(new)}; add a trust with `amb trust add <ODS>`")
 
     def _check_ports(self, kafka_starts: bool, prometheus_starts: bool) -> None:
         s = self.settings
@@ -227,10 +285,18 @@ class Stack:
         pid = self.kafka_pid()
         addr = self.kafka_address
         if pid is not None:
-            n = kafka.probe(addr, timeout=3.0)
-            out.append(ComponentStatus("kafka", "running" if n is not None else "unhealthy", pid, addr,
-                                       f"{s.kafka_version}, {n} topics" if n is not None
-                                       else f"not answering; see {self.kafka_paths.log}"))
+            secure = kafka.configured_secure(self.kafka_paths)
+            try:
+                conf = self.admin_config()
+            except AmbError as exc:  # e.g. the credentials store was removed under a running broker
+                out.append(ComponentStatus("kafka", "unhealthy", pid, addr, str(exc)))
+                conf = None
+            if conf is not None:
+                n = kafka.probe(addr, 3.0, conf)
+                mode = ", SASL/SCRAM + ACLs" if secure else ""
+                out.append(ComponentStatus("kafka", "running" if n is not None else "unhealthy", pid, addr,
+                                           f"{s.kafka_version}, {n} topics{mode}" if n is not None
+                                           else f"not answering; see {self.kafka_paths.log}"))
         else:
             busy = process.port_open(s.kafka_host, s.kafka_port)
             out.append(ComponentStatus("kafka", "stopped", None, addr,
