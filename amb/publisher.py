@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Final
 from amb.codec import Codec, event_from_avro
 from amb.config import Settings
 from amb.errors import AmbError
+from amb.metrics import PUBLISHER_EVENTS, PUBLISHER_FAILED, PUBLISHER_REJECTED
 from domain.events import TRUSTS, Event
 from domain.validation import Code, Reason, Rejection, check_event, parse_record, surely_valid
 
@@ -125,6 +126,7 @@ class TrustPublisher:
         self.on_reject = on_reject
         self.dry_run = dry_run
         self.stats = PublishStats()
+        self._m_events = PUBLISHER_EVENTS.labels(trust)
         self._clock = clock
         self._producer: Any = None
         if not dry_run:
@@ -212,6 +214,7 @@ class TrustPublisher:
             self._produce(value, key)
             n += 1
         self.stats.sent += n
+        self._m_events.inc(n)
         return n
 
     def flush(self, timeout: float = 60.0) -> int:
@@ -267,6 +270,7 @@ class TrustPublisher:
                     self._produce(value, e.key)
             producer.poll(0)
         self.stats.sent += len(values)
+        self._m_events.inc(len(values))
         return len(values)
 
     def _valid(self, events: Iterable[Event], now: int, first_line: int | None) -> list[Event]:
@@ -301,6 +305,7 @@ class TrustPublisher:
         # Called only for failures (delivery.report.only.error).
         if err is not None:
             self.stats.failed += 1
+            PUBLISHER_FAILED.labels(self.trust).inc()
             self.stats.failures[str(err.str() if hasattr(err, "str") else err)] += 1
 
     def _on_error(self, err: Any) -> None:
@@ -308,6 +313,7 @@ class TrustPublisher:
 
     def _reject(self, line: int | None, rejection: Rejection, record: Mapping[str, Any] | Event | None) -> None:
         self.stats.reject(line, rejection)
+        PUBLISHER_REJECTED.labels(self.trust, str(rejection.code)).inc()
         if self.on_reject is not None:
             self.on_reject(RejectedRecord(line, rejection, record))
 

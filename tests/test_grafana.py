@@ -45,8 +45,6 @@ PROMETHEUS_BUILTINS = frozenset({
 # declares them the warning asks for the entry to be removed. Nothing else may be undeclared.
 REQUESTED = {
     "amb_sink_consumer_lag": "sinks/sink.py: Gauge [partition], incident-facts messages after the committed offset",
-    "amb_publisher_events_total": "amb/publisher.py: Counter [trust], events produced",
-    "amb_publisher_rejected_total": "amb/publisher.py: Counter [trust, reason], records refused before sending",
 }
 PROMQL_KEYWORDS = frozenset({
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",

@@ -130,6 +130,10 @@ Examples:
 def command(trust: str, file: str, fmt: str, dry_run: bool, rejects_path: Path | None,
             progress: bool | None) -> None:
     settings = config.load()
+    if not dry_run:
+        from amb.metrics import serve_best_effort
+
+        serve_best_effort(settings.publisher_metrics_port, "AMB_PUBLISHER_METRICS_PORT")
     source = RecordFile(file, fmt)
     writer = _RejectWriter(rejects_path) if rejects_path else None
     try:

@@ -108,6 +108,9 @@ def command(start: datetime | None, days: int, trusts: str, seed: int, mess_pres
         stats = sio.simulate_to_dir(cfg, pool, out_dir, speed=pace, progress=progress, truth=truth)
         where = f"{out_dir}/ ({len(cfg.trusts)} files)"
     else:
+        from amb.metrics import serve_best_effort
+
+        serve_best_effort(settings.publisher_metrics_port, "AMB_PUBLISHER_METRICS_PORT")
         stats = sio.simulate_to_kafka(cfg, pool, settings, speed=pace, progress=progress, truth=truth)
         where = "Kafka"
     if truth_file is not None:
