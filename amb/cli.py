@@ -7,7 +7,24 @@ import sys
 import click
 
 from amb import __version__
-from amb.commands import config_cmd, db, demo, dlq, geo, live, publish, query, simulate, stack, trust, worker
+from amb.commands import (
+    audit,
+    config_cmd,
+    db,
+    demo,
+    dlq,
+    geo,
+    live,
+    publish,
+    query,
+    serve,
+    simulate,
+    sink,
+    stack,
+    token,
+    trust,
+    worker,
+)
 from amb.errors import AmbError
 
 HELP = """\
@@ -34,7 +51,8 @@ def cli() -> None:
     pass
 
 
-for _module in (stack, geo, simulate, publish, dlq, worker, live, db, query, trust, demo, config_cmd):
+for _module in (stack, geo, simulate, publish, dlq, worker, live, sink, db, query, serve, token, audit, trust, demo,
+                config_cmd):
     cli.add_command(_module.command)
 
 

@@ -1,0 +1,241 @@
+"""The sink: ``<prefix>.incident-facts`` (Kafka) -> the store, exactly once in effect.
+
+One loop, in the order the style guide asks for:
+
+    consume a batch (up to ``batch_size`` messages or ``batch_seconds``)
+    -> decode (streams.fact_codec); undecodable messages go to the DLQ with the reason
+    -> per source partition, load the facts (sinks.loader) with the dedup token
+       ``topic:partition:first-last``
+    -> flush the DLQ producer -> commit the offsets (synchronously) -> next batch.
+
+Offsets are committed only after every insert of the batch returned, so a crash replays from the
+last commit; the loader drops versions not newer than the store's and ClickHouse drops repeated
+blocks by token, so a replay never double counts. A failed load is retried with the same batch
+and tokens (backoff), then the process exits non-zero and the next start replays. One sink
+process owns the store (chDB allows one opener); partitions may be spread over several sinks only
+with a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from amb.dlq import dead_letter
+from amb.errors import AmbError
+from domain.facts import Call111Fact, HandoverFact, IncidentFact
+from domain.validation import Code
+from sinks.loader import LoadResult, load_facts
+from sinks.store import Store, StoreError
+from streams import fact_codec
+
+FACTS: Final = Counter("amb_sink_facts_total", "Fact rows read by the sink, by kind and result "
+                       "(applied: a new version stored; stale: not newer than the store or the batch).",
+                       ["kind", "result"])
+DEAD: Final = Counter("amb_sink_dlq_total", "Fact messages the sink could not decode (sent to the DLQ).")
+BATCHES: Final = Counter("amb_sink_batches_total", "Batches loaded and committed.")
+RETRIES: Final = Counter("amb_sink_retries_total", "Batch loads retried after a store error.")
+BATCH_SECONDS: Final = Histogram("amb_sink_batch_seconds", "Time to load one batch into the store (all kinds).",
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LAG: Final = Gauge("amb_sink_consumer_lag", "Messages in the facts topic not yet loaded and committed "
+                   "(high watermark minus committed offset), per partition.", ["topic", "partition"])
+LAST_COMMIT: Final = Gauge("amb_sink_last_commit_timestamp_seconds", "When offsets were last committed "
+                           "(Unix time), per partition: a stuck sink shows as a growing age.", ["partition"])
+
+
+class SinkError(AmbError):
+    """The broker reported an error the sink cannot skip."""
+
+
+class Message(Protocol):
+    """What the sink needs of a Kafka message (confluent_kafka.Message has it)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+    def error(self) -> Any: ...
+
+
+@dataclass
+class BatchOutcome:
+    """One batch: per-kind load results, undecodable messages, and the offsets to commit."""
+
+    results: dict[str, LoadResult] = field(default_factory=dict)
+    dead: int = 0
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
+
+
+def partition_token(topic: str, partition: int, first: int, last: int) -> str:
+    return f"{topic}:{partition}:{first}-{last}"
+
+
+def load_batch(
+    store: Store,
+    messages: Sequence[Message],
+    on_dead: Callable[[Message, str], None],
+) -> BatchOutcome:
+    """Decode and load ``messages`` (any topics and partitions, in consumption order), one load
+    per partition with its offset-range token. Undecodable messages go to ``on_dead`` (reason)."""
+    out = BatchOutcome()
+    by_partition: dict[tuple[str, int], list[Message]] = defaultdict(list)
+    for m in messages:
+        by_partition[(str(m.topic()), int(m.partition() or 0))].append(m)
+    for (topic, part), msgs in sorted(by_partition.items()):
+        incidents: list[IncidentFact] = []
+        handovers: list[HandoverFact] = []
+        calls: list[Call111Fact] = []
+        for m in msgs:
+            try:
+                fm = fact_codec.decode(m.value() or b"")
+            except ValueError as exc:
+                on_dead(m, str(exc))
+                out.dead += 1
+                continue
+            if fm.incident is not None:
+                incidents.append(fm.incident)
+            if fm.handover is not None:
+                handovers.append(fm.handover)
+            if fm.call is not None:
+                calls.append(fm.call)
+        offsets = [int(m.offset() or 0) for m in msgs]
+        token = partition_token(topic, part, min(offsets), max(offsets))
+        for kind, res in load_facts(store, token, incidents, handovers, calls).items():
+            acc = out.results.setdefault(kind, LoadResult())
+            acc += res
+        out.offsets[(topic, part)] = max(offsets) + 1
+    return out
+
+
+@dataclass
+class SinkStats:
+    messages: int = 0
+    batches: int = 0
+    dead: int = 0
+    applied: int = 0
+    stale: int = 0
+
+
+class FactSink:
+    """The consume -> load -> commit loop around a confluent_kafka Consumer (already subscribed)
+    and a Producer for dead letters."""
+
+    def __init__(
+        self,
+        store: Store,
+        consumer: Any,
+        producer: Any,
+        dlq_topic: str,
+        batch_size: int = 20_000,
+        batch_seconds: float = 1.0,
+        retries: int = 5,
+        echo: Callable[[str], None] = lambda _s: None,
+    ) -> None:
+        self.store, self.consumer, self.producer, self.dlq_topic = store, consumer, producer, dlq_topic
+        self.batch_size, self.batch_seconds, self.retries, self.echo = batch_size, batch_seconds, retries, echo
+        self.stats = SinkStats()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Finish the current batch (load and commit), then return from :meth:`run` (SIGTERM)."""
+        self.stopping = True
+
+    def _dead(self, m: Message, reason: str) -> None:
+        dead_letter(self.producer, m.value(), m.key(), (Code.UNDECODABLE.value, reason), str(m.topic()),
+                    int(m.partition() or 0), int(m.offset() or 0), m.headers(), dlq_topic=self.dlq_topic)
+        DEAD.inc()
+
+    def take(self, limit: int) -> list[Message]:
+        """Up to ``limit`` messages within ``batch_seconds`` (returns early once any arrived and the
+        time is up); broker errors other than partition EOF raise."""
+        out: list[Message] = []
+        deadline = time.monotonic() + self.batch_seconds
+        while len(out) < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for m in self.consumer.consume(num_messages=min(limit - len(out), 10_000), timeout=min(left, 0.5)):
+                err = m.error()
+                if err is None:
+                    out.append(m)
+                elif not _is_eof(err):
+                    raise SinkError(f"Kafka error reading {m.topic()}: {err}")
+        return out
+
+    def step(self, limit: int | None = None) -> int:
+        """One batch: take, load (with retries), flush dead letters, commit. Returns messages taken."""
+        msgs = self.take(min(self.batch_size, limit) if limit else self.batch_size)
+        if not msgs:
+            return 0
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                outcome = load_batch(self.store, msgs, self._dead)
+                break
+            except StoreError as exc:
+                if attempt == self.retries:
+                    raise
+                RETRIES.inc()
+                self.echo(f"sink: load failed ({exc}); retrying the same batch ({attempt + 1}/{self.retries})")
+                time.sleep(min(30.0, 0.5 * 2**attempt))
+        BATCH_SECONDS.observe(time.monotonic() - started)
+        if outcome.dead:
+            self.producer.flush(30)
+        self._commit(outcome.offsets)
+        for kind, res in outcome.results.items():
+            FACTS.labels(kind, "applied").inc(res.applied)
+            FACTS.labels(kind, "stale").inc(res.stale)
+            self.stats.applied += res.applied
+            self.stats.stale += res.stale
+        BATCHES.inc()
+        self.stats.batches += 1
+        self.stats.messages += len(msgs)
+        self.stats.dead += outcome.dead
+        return len(msgs)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        now = time.time()
+        for (t, p), committed in offsets.items():
+            LAST_COMMIT.labels(str(p)).set(now)
+            try:
+                _low, high = self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=1.0)
+            except Exception:  # noqa: BLE001  (a metric must not stop the sink)
+                continue
+            LAG.labels(t, str(p)).set(max(0, high - committed))
+
+    def run(self, max_messages: int | None = None, idle_timeout: float | None = None) -> SinkStats:
+        """Loop until ``max_messages`` were loaded or nothing arrived for ``idle_timeout`` seconds
+        (None: forever)."""
+        idle_since = time.monotonic()
+        while not self.stopping and (max_messages is None or self.stats.messages < max_messages):
+            left = None if max_messages is None else max_messages - self.stats.messages
+            if self.step(left):
+                idle_since = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                break
+        return self.stats
+
+
+def _is_eof(err: Any) -> bool:
+    from confluent_kafka import KafkaError
+
+    return bool(err.code() == KafkaError._PARTITION_EOF)
+
+
+def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
+    """Manual commits after the insert; start from the beginning of a new group's partitions."""
+    return {
+        "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+        "auto.offset.reset": "earliest", "enable.partition.eof": False, "log_level": 0,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
