@@ -61,6 +61,10 @@ class Code(StrEnum):
     UNDECODABLE = "undecodable"
     TRAILING_BYTES = "trailing_bytes"
     NO_REGISTRY = "no_registry"
+    # stream-side refusals (set by the worker; see streams/pipeline.py and streams/state.py)
+    WRONG_KEY = "wrong_key"
+    LATE_AFTER_EXPIRY = "late_after_expiry"
+    REDUCER_ERROR = "reducer_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +254,9 @@ def check_event(event: Event, *, now_ms: int, trust: str | None = None) -> list[
     _check_trust(event.trust, trust, add)
     if not 1 <= len(event.incident_id) <= MAX_ID_LEN:
         add(Reason(Code.BAD_LENGTH, f"incident_id must be 1-{MAX_ID_LEN} characters, got {len(event.incident_id)}", "incident_id"))
+    elif event.incident_id.isspace():
+        # Blank is no reference at all: the interchange format reads an empty cell as absent.
+        add(Reason(Code.MISSING_FIELD, "incident_id is blank", "incident_id"))
 
     latest = now_ms + MAX_FUTURE_MS
     for name in TIME_FIELDS:
@@ -313,6 +320,7 @@ def surely_valid(e: Event, now_ms: int, trust: str | None) -> bool:
         or e.trust not in _KNOWN_TRUSTS
         or (trust is not None and e.trust != trust)
         or not 0 < len(e.incident_id) <= MAX_ID_LEN
+        or e.incident_id.isspace()
         or e.event_id.__class__ is not str
         or not _CANONICAL_UUID_RE.match(e.event_id)
     ):

@@ -52,7 +52,8 @@ def utf8_text(max_size: int) -> st.SearchStrategy[str]:
     return st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=max_size)
 
 
-text_ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=64)
+text_ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=64).filter(
+    lambda s: not s.isspace())
 ascii_ids = st.from_regex(r"[A-Za-z0-9\-/]{1,64}", fullmatch=True)
 sites = st.from_regex(r"[A-Z0-9]{3,8}", fullmatch=True)
 valid_times = st.integers(MIN_TIME_MS, NOW + DAY_MS)
@@ -61,8 +62,9 @@ uuids = st.uuids().map(str)
 
 @st.composite
 def locations(draw: st.DrawFn) -> Location | None:
+    # A blank postcode is indistinguishable from none in the interchange format (empty cell = absent).
     postcode = draw(st.none() | st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]),
-                                        min_size=1, max_size=16))
+                                        min_size=1, max_size=16).filter(lambda p: not p.isspace()))
     latlon = draw(st.none() | st.tuples(st.floats(49.0, 61.5), st.floats(-9.0, 2.5)))
     en = draw(st.none() | st.tuples(st.floats(0, 700_000), st.floats(0, 1_300_000)))
     if postcode is None and latlon is None and en is None:
@@ -300,6 +302,10 @@ def test_time_limits_are_relative_to_now() -> None:
     assert isinstance(check(event_time=exactly), Event)
     assert Code.FUTURE_TIME in codes(check(event_time=format_time(NOW + DAY_MS + 1)))
     assert isinstance(check(event_time="2000-01-01T00:00:00Z"), Event)
+
+
+def test_blank_incident_id_is_refused() -> None:
+    assert Code.MISSING_FIELD in codes(check(incident_id="   "))
 
 
 def test_unknown_fields_are_named() -> None:

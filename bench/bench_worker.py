@@ -1,0 +1,293 @@
+"""Stream worker speed, end to end through a real broker: events topics -> `amb worker` -> facts.
+
+    python bench/bench_worker.py [--quick] [--json PATH] [--bootstrap HOST:PORT]
+
+Starts its own Kafka (free ports, temporary data dir; stopped at the end) unless ``--bootstrap``
+names a running broker. A simulated feed of every trust (the default mess: duplicates, late,
+shuffled, corrected events) is published once per contestant to its own topic prefix (so its own
+consumer group); publishing is not timed. Then, in the same run:
+
+* ``amb worker``: the real worker process (take_events batches, rocksdict table), its rate from
+  its first batch to its last one delivered (changelog, facts and dead letters broker-acked);
+* baseline: ``amb worker --naive --store memory``, a per-event agent without batching (every
+  event its own table write, fact send and attributor call), on the same feed;
+* baseline: raw confluent-kafka consume of the same topics (the ceiling of reading them at all);
+* the batch step alone, in process, on the same bytes (decode -> validate -> fold -> attribute
+  -> facts, no Kafka), per second of CPU time: the ceiling of this Python for one process;
+* worker RSS holding 100k incident states (1M without ``--quick``), against the same worker's RSS
+  with no state (from its own process_resident_memory_bytes).
+
+The target is 50,000 events/s; the table says how far each contestant is from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
+
+from amb import config  # noqa: E402
+from amb.codec import default_codec  # noqa: E402
+from amb.config import Settings  # noqa: E402
+from amb.geo.index import GeoIndex  # noqa: E402
+from amb.publisher import TrustPublisher  # noqa: E402
+from amb.simulate_io import load_pool  # noqa: E402
+from amb.stack import Stack, private_settings, process  # noqa: E402
+from amb.topics import ensure_topics, events_topic, events_topics, project_topics  # noqa: E402
+from domain.events import TRUSTS, Category, Event, EventType, Location, Source  # noqa: E402
+from domain.simulate import Mess, SimConfig, clean_events  # noqa: E402
+from streams.geo import IndexGeo  # noqa: E402
+from streams.pipeline import BatchStep, DictStore, InMessage  # noqa: E402
+
+TARGET = 50_000
+AMB = ("from amb import cli; from amb.commands import worker; "
+       "cli.cli.commands.get('worker') or cli.cli.add_command(worker.command); cli.main()")
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def with_prefix(s: Settings, tag: str) -> Settings:
+    p = dataclasses.replace(s, topic_prefix=f"bw{uuid.uuid4().hex[:8]}{tag}")
+    ensure_topics(p.bootstrap, project_topics(p))
+    return p
+
+
+def env_of(s: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for f in dataclasses.fields(Settings):
+        v = getattr(s, f.name)
+        if v is not None and v != "":
+            env[f.metadata["env"]] = str(v)
+    return env
+
+
+def feed(n: int) -> list[Event]:
+    """At least ``n`` simulated events of every trust (valid ones; duplicates, late, corrections)."""
+    scale = max(0.05, n / 130_000)  # a day of England at scale 1 is ~130k events with 111 calls
+    cfg = SimConfig(start=date(2025, 10, 1), days=1, trusts=TRUSTS, seed=5, scale=scale,
+                    mess=Mess.preset("default"))
+    events = list(clean_events(cfg, load_pool(config.load(), "sample")))
+    return events[:n] if len(events) >= n else events
+
+
+def publish(s: Settings, events: list[Event]) -> None:
+    pubs: dict[str, TrustPublisher] = {}
+    try:
+        for e in events:
+            pub = pubs.get(e.trust)
+            if pub is None:
+                pub = pubs[e.trust] = TrustPublisher(s, e.trust, producer_config={"log_level": 3})
+            pub.publish(e)
+    finally:
+        for p in pubs.values():
+            p.close(300)
+
+
+def run_worker(s: Settings, workdir: Path, *args: str, sample_rss: bool = False) -> dict[str, Any]:
+    """Run `amb worker --timeout 5` to the end of the backlog; its summary (and RSS samples)."""
+    port = process.free_ports(1)[0]
+    log_path = workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
+    argv = [sys.executable, "-c", AMB, "worker", "--worker-id", uuid.uuid4().hex[:6], "--workers-dir", str(workdir),
+            "--metrics-port", str(port), "--web-port", "0", "--timeout", "5", *args]
+    with log_path.open("w") as err:
+        proc = subprocess.Popen(argv, env=env_of(s), stdout=subprocess.DEVNULL, stderr=err)
+        rss: list[tuple[float, float]] = []  # (states, bytes)
+        while proc.poll() is None:
+            if sample_rss:
+                m = metrics(port)
+                if "process_resident_memory_bytes" in m:
+                    rss.append((m.get("amb_worker_state_incidents", 0.0), m["process_resident_memory_bytes"]))
+            time.sleep(0.5)
+    text = log_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"worker failed ({proc.returncode}):\n{text[-3000:]}")
+    line = [ln for ln in text.splitlines() if " messages in " in ln][-1]
+    return {"summary": line.split(": ", 1)[1], "rate": _num(line, " msg/s while busy"), "rss": rss,
+            "wait_us": _num(line, " us waiting"), "process_us": _num(line, " us processing"),
+            "send_us": _num(line, " us sending")}
+
+
+def _num(line: str, suffix: str) -> float:
+    head = line.split(suffix, 1)[0]
+    return float(head.rsplit(" ", 1)[-1].replace(",", ""))
+
+
+def metrics(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for ln in text.splitlines():
+        if ln and not ln.startswith("#") and "{" not in ln:
+            name, value = ln.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def raw_consume(s: Settings, n: int) -> float:
+    """Events/s of a plain confluent-kafka consumer reading the topics from the start (partitions
+    assigned directly, so no group join is timed; the clock starts before the first fetch)."""
+    c = Consumer({"bootstrap.servers": s.bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "log_level": 3})
+    parts = []
+    for topic in events_topics(s):
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+    got = 0
+    t0 = time.perf_counter()
+    c.assign(parts)
+    deadline = time.monotonic() + 300
+    while got < n and time.monotonic() < deadline:
+        got += sum(1 for m in c.consume(10_000, 1.0) if m.error() is None)
+    elapsed = time.perf_counter() - t0
+    c.close()
+    if got < n:
+        raise SystemExit(f"raw consumer read {got} of {n}")
+    return n / elapsed
+
+
+def batch_step_alone(events: list[Event], geo: IndexGeo, batch: int = 2000) -> float:
+    codec, now = default_codec(), int(time.time() * 1000)
+    msgs = [InMessage(f"x.events.{e.trust}", i % 4, i, e.key.encode(), codec.encode(e, now))
+            for i, e in enumerate(events)]
+    best = 0.0
+    for _ in range(2):  # per second of this process's CPU: other people's load does not count
+        step = BatchStep(geo, geo, DictStore())
+        t0 = time.process_time()
+        for i in range(0, len(msgs), batch):
+            step.process(msgs[i:i + batch], now)
+        best = max(best, len(msgs) / (time.process_time() - t0))
+    return best
+
+
+def incidents_only(n: int) -> list[Event]:
+    """``n`` incident_created events (one per incident) of every trust: state size, not realism."""
+    pool = load_pool(config.load(), "sample")
+    t0 = int(time.time() * 1000) - 3 * 86_400_000
+    out = []
+    for i in range(n):
+        trust = TRUSTS[i % len(TRUSTS)]
+        out.append(Event(str(uuid.UUID(int=i, version=4)), EventType.INCIDENT_CREATED, trust, f"S{i:08d}",
+                         t0 + i, clock_start=t0 + i, category=Category.C2, source=Source.CALL_999,
+                         location=Location(postcode=str(pool.postcode[i % len(pool.postcode)]))))
+    return out
+
+
+def publish_fast(s: Settings, events: list[Event]) -> None:
+    """Pre-validated events straight to their topics (the RSS feed is too big to publish slowly)."""
+    codec, now = default_codec(), int(time.time() * 1000)
+    p = Producer({"bootstrap.servers": s.bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
+                  "queue.buffering.max.messages": 1_000_000, "log_level": 3})
+    for e in events:
+        while True:
+            try:
+                p.produce(events_topic(s, e.trust), codec.encode(e, now), e.key.encode())
+                break
+            except BufferError:
+                p.poll(0.1)
+    if p.flush(300):
+        raise SystemExit("could not publish the RSS feed")
+
+
+def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict[str, Any]]:
+    geo = IndexGeo(GeoIndex(config.load().geo_index_dir))
+    events = feed(n)
+    n = len(events)
+    log(f"feed: {n:,} events of {len(TRUSTS)} trusts")
+    batched, naive = with_prefix(settings, "a"), with_prefix(settings, "b")
+    publish(batched, events)
+    publish(naive, events)
+    log("published; running the batched worker")
+    w = run_worker(batched, workdir)
+    log(f"batched: {w['summary']}")
+    log("naive worker")
+    nv = run_worker(naive, workdir, "--naive", "--store", "memory")
+    log(f"naive: {nv['summary']}")
+    raw = raw_consume(batched, n)
+    log(f"raw consume: {raw:,.0f}/s")
+    alone = batch_step_alone(events, geo)
+    log(f"batch step alone: {alone:,.0f}/s")
+    big = with_prefix(settings, "c")
+    publish_fast(big, incidents_only(rss_states))
+    log(f"published {rss_states:,} incidents for the RSS run")
+    r = run_worker(big, workdir, sample_rss=True)
+    held = [b for states, b in r["rss"] if states >= rss_states]
+    empty = [b for states, b in r["rss"] if states == 0]
+    rss_full = max(held) if held else max((b for _, b in r["rss"]), default=0.0)
+    rss_empty = min(empty) if empty else min((b for _, b in r["rss"]), default=0.0)
+    log(f"rss run: {r['summary']}")
+    mb = 1024 * 1024
+    return [
+        {"name": "amb worker (take_events batches, rocksdict table), events/s", "value": w["rate"],
+         "unit": "events/s", "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
+        {"name": "amb worker (take_events batches, rocksdict table), events/s", "value": w["rate"],
+         "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": nv["rate"]},
+        {"name": "batch step alone, per CPU second (decode..facts, no Kafka)", "value": alone, "unit": "events/s",
+         "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
+        {"name": f"worker RSS holding {rss_states:,} incident states", "value": rss_full / mb, "unit": "MB",
+         "baseline": "the same worker with no state", "baseline_value": rss_empty / mb},
+        {"name": "worker: us/event waiting for Faust to deliver the batch", "value": w["wait_us"], "unit": "us",
+         "baseline": "naive agent", "baseline_value": nv["wait_us"]},
+        {"name": "worker: us/event in the batch step", "value": w["process_us"], "unit": "us",
+         "baseline": "naive agent", "baseline_value": nv["process_us"]},
+        {"name": "worker: us/event producing and awaiting delivery", "value": w["send_us"], "unit": "us",
+         "baseline": "naive agent", "baseline_value": nv["send_us"]},
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smaller feed and 100k (not 1M) states")
+    ap.add_argument("--json", type=Path, help="also write the figures as a JSON list to PATH")
+    ap.add_argument("--bootstrap", help="use this running broker instead of starting a private one")
+    ap.add_argument("--rss-states", type=int, help="incident states for the RSS run (default 100k quick, 1M full)")
+    args = ap.parse_args(argv)
+    n, rss_states = (30_000, 100_000) if args.quick else (130_000, 1_000_000)
+    rss_states = args.rss_states or rss_states
+    with tempfile.TemporaryDirectory(prefix="amb-bench-worker-") as tmp:
+        work = Path(tmp)
+        if args.bootstrap:
+            rows = run(config.load({}, bootstrap_servers=args.bootstrap), n, rss_states, work)
+        else:
+            stack = Stack(private_settings(work / "stack"), prometheus=False)
+            log("starting a private Kafka broker")
+            stack.up(timeout=120)
+            try:
+                rows = run(stack.settings, n, rss_states, work)
+            finally:
+                stack.down(timeout=30)
+    print(f"bench_worker: one worker process, simulated feed of {len(TRUSTS)} trusts; target {TARGET:,} events/s")
+    print(f"{'measure':<62} {'value':>10} {'unit':<9} {'baseline':<48} {'value':>10} {'ratio':>6}")
+    for r in rows:
+        ratio = r["value"] / r["baseline_value"] if r["baseline_value"] else float("nan")
+        print(f"{r['name']:<62} {r['value']:>10,.0f} {r['unit']:<9} {r['baseline']:<48} "
+              f"{r['baseline_value']:>10,.0f} {ratio:>6.2f}")
+    worker = rows[0]["value"]
+    print(f"target {TARGET:,} events/s per worker: {'met' if worker >= TARGET else 'NOT met'} "
+          f"({worker / TARGET:.0%} of it)")
+    if args.json:
+        args.json.write_text(json.dumps([{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}
+                                         for r in rows], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

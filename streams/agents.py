@@ -1,0 +1,449 @@
+"""The Faust wiring of the worker: one agent over every trust's events topic, around streams.pipeline.
+
+    events topics (co-partitioned, key trust:incident)
+      -> agent: stream.take_events(batch_size, within=batch_within)      (always with a timeout)
+      -> BatchStep.process: decode, validate, fold, attribute, facts   (streams.pipeline, no Kafka)
+      -> table "incident-state" (changelogged; rocksdict or memory)     (TableStore below)
+      -> changelog records, <prefix>.incident-facts and <prefix>.dlq through one librdkafka
+         producer (:class:`Output`), every one delivered (broker-acked) before the batch returns
+      -> take_events acks the batch; Faust commits the offsets (every 2.8 s)
+
+Four deliberate departures from plain Faust idiom:
+
+- A Faust table finds the partition of a read or write from "the current event". Inside a
+  ``take_events`` batch that is not the message being handled, so :class:`TableStore` sets the
+  current event to the message's own (topic, partition) around each table access. Every
+  incident's events share a key, hence a partition, so its row always lives in the changelog
+  partition of the messages that made it.
+- :class:`TableStore` writes the local store and sends the changelog records itself, awaited
+  with the facts, instead of ``table[key] = value`` (see its docstring for the bug this avoids).
+- Output goes through confluent-kafka, not Faust's aiokafka producer (see :class:`Output`).
+- Any unexpected exception in the agent exits the process at once (exit code 70) instead of
+  letting Faust restart the agent: ``take_events`` acks its batch when the generator closes, so a
+  restarted agent would commit offsets of a batch that was never finished. Exiting without a
+  commit means the batch is read again by the next worker to own the partitions (at-least-once),
+  and a supervisor (systemd, the test, `amb demo`) starts the process again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faust
+from faust.streams import _current_event
+from faust.types import TP
+
+from amb import topics
+from amb.config import Settings
+from amb.dlq import dead_letter
+from domain.facts import Attributor, Hierarchy
+from domain.incident import DAY_MS
+from streams import metrics
+from streams.live import LiveView
+from streams.pipeline import BatchResult, BatchStep, InMessage
+from streams.state import read_header, trust_of_key
+
+log = logging.getLogger("amb.worker")
+
+CRASH_EXIT = 70
+TABLE_NAME = "incident-state"
+LIVE_SEED_MS = 4 * DAY_MS
+"""On a rebalance, incidents whose last event is this recent (against the newest restored one) seed
+the live view, which then prunes what is not today's: generous because one outlier event (a
+correction days later, a clock up to a day fast) can make the newest far from today."""
+
+
+class Geography(Attributor, Hierarchy, Protocol):
+    """Both halves of the fact builder's geography (streams.geo.IndexGeo is one)."""
+
+
+@dataclass
+class WorkerOptions:
+    """How one `amb worker` process runs (the CLI flags)."""
+
+    batch_size: int = 2000
+    batch_within: float = 0.5
+    max_messages: int | None = None
+    idle_timeout: float | None = None
+    naive: bool = False
+    """Per-event agent, no take() batching: the benchmark's baseline, not for production."""
+
+
+@dataclass
+class WorkerStats:
+    messages: int = 0
+    events: int = 0
+    duplicates: int = 0
+    facts: int = 0
+    dead: int = 0
+    expired: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_message: float | None = None
+    last_message: float | None = None
+    wait_s: float = 0.0  # between batches: Faust delivering the next batch, or no input
+    process_s: float = 0.0  # the batch step
+    send_s: float = 0.0  # producing and awaiting delivery
+    dead_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        busy = (self.last_message or 0) - (self.first_message or 0)
+        rate = f", {self.messages / busy:,.0f} msg/s while busy" if busy > 0 else ""
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.dead_by_reason.items()))
+        per = (f"; per message: {1e6 * self.wait_s / self.messages:.0f} us waiting for the batch (or input), "
+               f"{1e6 * self.process_s / self.messages:.0f} us processing, {1e6 * self.send_s / self.messages:.0f} us "
+               "sending") if self.messages else ""
+        return (f"{self.messages:,} messages in {self.batches:,} batches{rate}: {self.events:,} events "
+                f"({self.duplicates:,} duplicates), {self.facts:,} facts, {self.dead:,} dead letters"
+                f"{f' ({reasons})' if reasons else ''}, {self.expired:,} states expired{per}")
+
+
+class _Message:
+    __slots__ = ("topic", "partition")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+
+
+class _At:
+    """Stands in for Faust's current event: tables read ``event.message.topic/partition`` only."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
+
+
+class TableStore:
+    """streams.pipeline.StateStore over a Faust table, each access in its message's partition.
+
+    Writes go to the table's local store at once and their changelog records are sent by
+    :meth:`send_changelog`, whose delivery (broker acks included) the agent awaits before it
+    returns the batch for acking. Faust's own ``table[key] = value`` queues the record in a producer buffer
+    whose pre-commit flush gives up after 0.1 s without progress, so under load a commit could
+    include offsets whose state change never reached the changelog; after a kill -9, restoring
+    from that changelog lost events (seen in the kill -9 test). The persisted changelog offset is
+    advanced only after delivery, exactly as Faust's own callback does.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._at: dict[tuple[str, int], _At] = {}
+        self.pending: list[tuple[bytes, bytes | None, int]] = []
+
+    def _enter(self, topic: str, partition: int) -> Any:
+        at = self._at.get((topic, partition))
+        if at is None:
+            at = self._at[(topic, partition)] = _At(topic, partition)
+        return _current_event.set(weakref.ref(at))  # type: ignore[arg-type]
+
+    def get(self, key: bytes, topic: str, partition: int) -> bytes | None:
+        token = self._enter(topic, partition)
+        try:
+            value = self.table.data.get(key)
+            return value if value else None
+        finally:
+            _current_event.reset(token)
+
+    def put(self, key: bytes, value: bytes, topic: str, partition: int) -> None:
+        token = self._enter(topic, partition)
+        try:
+            self.table.data[key] = value
+        finally:
+            _current_event.reset(token)
+        self.pending.append((key, value, partition))
+
+    def delete(self, key: bytes, topic: str, partition: int) -> None:
+        token = self._enter(topic, partition)
+        try:
+            self.table.data.pop(key, None)
+        finally:
+            _current_event.reset(token)
+        self.pending.append((key, None, partition))
+
+    def send_changelog(self, output: Output) -> None:
+        """Hand this batch's changelog records to the producer (delivery: :meth:`Output.drain`)."""
+        topic = self.table.changelog_topic.get_topic_name()
+        output.changelog_topic = topic
+        for key, value, partition in self.pending:
+            output.produce(topic, key, value, partition)
+        self.pending = []
+
+    def delivered(self, offsets: dict[int, int]) -> None:
+        """Record the highest changelog offset delivered per partition (what recovery starts after)."""
+        topic = self.table.changelog_topic.get_topic_name()
+        for partition, offset in offsets.items():
+            self.table.data.set_persisted_offset(TP(topic, partition), offset)
+
+
+class Output:
+    """The worker's producer (librdkafka) for changelog records, facts and dead letters.
+
+    Not Faust's aiokafka producer: its Python send path cost ~70 us a message (murmur2 and batch
+    building in Python) against ~3 us here, and the batch must be delivered before it is acked
+    anyway, which :meth:`drain` waits for in a thread without blocking the event loop.
+    """
+
+    def __init__(self, bootstrap: str, client_id: str, login: Mapping[str, str] | None = None) -> None:
+        """``login``: SASL properties (amb.security.client_config), empty when security is off."""
+        from confluent_kafka import Producer
+
+        self.errors: list[str] = []
+        self.changelog_topic = ""
+        self._offsets: dict[int, int] = {}
+        self.producer = Producer({
+            "bootstrap.servers": bootstrap, "client.id": client_id, "log_level": 3,
+            "enable.idempotence": True,  # acks=all, retries keep per-partition order
+            "linger.ms": 5, "batch.num.messages": 10_000, "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576,
+            "message.timeout.ms": 120_000, "on_delivery": self._on_delivery, **(login or {}),
+        })
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+        elif msg.topic() == self.changelog_topic:
+            p, o = msg.partition(), msg.offset()
+            if o > self._offsets.get(p, -1):
+                self._offsets[p] = o
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                if partition is None:
+                    self.producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+                else:
+                    self.producer.produce(topic, value, key, partition, headers=headers)  # type: ignore[arg-type]
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    async def drain(self) -> dict[int, int]:
+        """Wait until everything produced so far is delivered (or raise); returns and resets the
+        highest delivered changelog offset per partition."""
+        left = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 120.0)
+        if left or self.errors:
+            raise RuntimeError(f"{left} messages undelivered after 120 s; errors: {self.errors[:5]}")
+        offsets, self._offsets = self._offsets, {}
+        return offsets
+
+
+class StreamWorker:
+    """Declares the topics, table, agent and timer of one worker on ``app``."""
+
+    def __init__(self, settings: Settings, app: faust.App, geo: Geography,
+                 options: WorkerOptions | None = None, *, store: str = "rocksdb") -> None:
+        self.settings = settings
+        self.app = app
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self.events_topics = topics.events_topics(settings)
+        self._events_set = frozenset(self.events_topics)
+        self._topic_of_trust = {t.rsplit(".", 1)[1]: t for t in self.events_topics}
+        self.facts_topic = topics.incident_facts_topic(settings)
+        self.dlq_topic = topics.dlq_topic(settings)
+        self.source = app.topic(*self.events_topics, key_type=bytes, value_type=bytes,
+                                key_serializer="raw", value_serializer="raw")
+        table_kwargs: dict[str, Any] = {}
+        if store == "rocksdb":
+            # Faust's defaults (64 MB write buffers x3 and a 2 GB block cache, per partition) are
+            # sized for a big dedicated host; these keep a worker's RSS in the hundreds of MB.
+            table_kwargs["options"] = {"driver": "rocksdict", "write_buffer_size": 16 << 20,
+                                       "max_write_buffer_number": 2, "block_cache_size": 64 << 20,
+                                       "block_cache_compressed_size": 16 << 20}
+        self.table = app.Table(TABLE_NAME, key_type=bytes, value_type=bytes, default=None,
+                               partitions=settings.kafka_partitions,
+                               help="Incident and 111-call state (streams.state), keyed trust:kind:id.",
+                               **table_kwargs)
+        self.live = LiveView()
+        self.store = TableStore(self.table)
+        from amb.security import client_config
+
+        self.output = Output(settings.bootstrap, f"{app.conf.id}-{id(self):x}", client_config(settings, "worker"))
+        self.step = BatchStep(geo, geo, self.store, horizon_ms=settings.late_horizon_days * DAY_MS,
+                              live=self.live)
+        self._assigned: set[tuple[str, int]] = set()
+        self._generation: int | None = None
+        self._stopping = False
+        self._busy = False
+        self._batch_end: float | None = None
+        self._ready_at: float | None = None
+        self._last_report = time.monotonic()
+        self._reported_messages = 0
+        self.agent = app.agent(self.source, name="incidents")(self._agent_fun())
+        app.timer(0.5)(self._tick)
+
+    # -------------------------------------------------------------------------------- agent
+    def _agent_fun(self) -> Any:
+        opts = self.options
+
+        async def incidents(stream: faust.StreamT[Any]) -> None:
+            """Incident events of every trust -> state, facts and dead letters, a batch at a time."""
+            try:
+                if opts.naive:
+                    async for event in stream.events():
+                        await self.handle([event])
+                else:
+                    async for events in stream.take_events(opts.batch_size, within=opts.batch_within):  # type: ignore[attr-defined]
+                        await self.handle(events)
+            except asyncio.CancelledError:
+                if self._busy:  # stopped inside a batch (Faust normally waits for it): do not ack it
+                    self._crash("cancelled in the middle of a batch")
+                raise
+            except Exception:  # see the module docstring: never ack a failed batch
+                self._crash("the incidents agent failed")
+
+        return incidents
+
+    def _crash(self, why: str) -> None:
+        sys.stderr.write(f"amb worker: error: {why}; exiting without committing its batch (it will be "
+                         "read again):\n" + traceback.format_exc())
+        sys.stderr.flush()
+        os._exit(CRASH_EXIT)
+
+    async def handle(self, events: Sequence[Any]) -> BatchResult:
+        """One batch of Faust events through the batch step, then send its output. ``_busy`` stays
+        set if this raises: the agent then exits without acking (see the module docstring)."""
+        self._busy = True
+        t0 = time.perf_counter()
+        if self._batch_end is not None:
+            self.stats.wait_s += t0 - self._batch_end
+        self._check_assignment()
+        msgs = [InMessage(m.topic, m.partition, m.offset, m.key, m.value, m.headers or ())
+                for m in (e.message for e in events)]
+        result = self.step.process(msgs, int(time.time() * 1000))
+        t1 = time.perf_counter()
+        await self._send(result)
+        self._batch_end = t2 = time.perf_counter()
+        self.stats.process_s += t1 - t0
+        self.stats.send_s += t2 - t1
+        self._account(len(msgs), result, t2 - t0)
+        self._busy = False
+        return result
+
+    async def _send(self, result: BatchResult) -> None:
+        """Changelog, facts and dead letters of one batch, all delivered before the batch is acked."""
+        out = self.output
+        self.store.send_changelog(out)
+        for f in result.facts:
+            out.produce(self.facts_topic, f.key, f.value, None, f.headers)
+        for d in result.dead:
+            m = d.message
+            dead_letter(out.producer, m.value, m.key, d.reason, m.topic, m.partition, m.offset, list(m.headers),
+                        dlq_topic=self.dlq_topic)
+        self.store.delivered(await out.drain())
+
+    def _account(self, n: int, r: BatchResult, seconds: float) -> None:
+        s = self.stats
+        now = time.monotonic()
+        s.first_message = s.first_message or now
+        s.last_message = now
+        s.messages += n
+        s.batches += 1
+        s.events += sum(r.events.values())
+        s.duplicates += sum(r.duplicates.values())
+        s.facts += len(r.facts)
+        s.dead += len(r.dead)
+        s.expired += r.expired
+        for (etype, trust), k in r.events.items():
+            metrics.EVENTS.labels(etype, trust).inc(k)
+        for trust, k in r.duplicates.items():
+            metrics.DUPLICATES.labels(trust).inc(k)
+        for d in r.dead:
+            metrics.DLQ.labels(d.code).inc()
+            s.dead_by_reason[d.code] = s.dead_by_reason.get(d.code, 0) + 1
+        kinds: dict[str, int] = {}
+        for f in r.facts:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        for kind, k in kinds.items():
+            metrics.FACTS.labels(kind).inc(k)
+        for status, k in r.attributed.items():
+            metrics.ATTRIBUTED.labels(status).inc(k)
+        if r.expired:
+            metrics.EXPIRED.inc(r.expired)
+        metrics.BATCH_SIZE.observe(n)
+        metrics.BATCH_SECONDS.observe(seconds)
+        if r.max_event_time:
+            metrics.EVENT_LAG.set(max(0.0, time.time() - r.max_event_time / 1000))
+        metrics.LAST_BATCH.set(time.time())
+        metrics.STATE_INCIDENTS.set(self.step.states_held)
+        opts = self.options
+        if opts.max_messages is not None and s.messages >= opts.max_messages:
+            self.stop(f"--max-messages {opts.max_messages} reached")
+
+    # ---------------------------------------------------------------------------- rebalances
+    def topic_of_key(self, key: bytes) -> str:
+        return self._topic_of_trust[trust_of_key(key)]
+
+    def _check_assignment(self) -> None:
+        """After a rebalance: forget revoked partitions, adopt the restored rows of new ones."""
+        gen = self.app.consumer_generation_id
+        if gen == self._generation:
+            return
+        assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._events_set}
+        revoked = self._assigned - assigned
+        new = assigned - self._assigned
+        self.step.forget(revoked)
+        if new:
+            parts = {p for _, p in new}
+            n = self.step.adopt(self._rows_of(new, parts), self.topic_of_key)
+            newest = max((wm for _, wm in self.step.watermarks.items()), default=0)
+            if newest:  # a second pass over the recent rows only seeds the live view
+                since = newest - LIVE_SEED_MS
+                self.step.adopt(self._rows_of(new, parts, since), self.topic_of_key, live_since_ms=since)
+                self.live.prune()
+            log.info("partitions %s assigned: %d states adopted", sorted(parts), n)
+        self._assigned = assigned
+        self._generation = gen
+        metrics.PARTITIONS.set(len(assigned))
+        metrics.STATE_INCIDENTS.set(self.step.states_held)
+
+    def _rows_of(self, new: set[tuple[str, int]], parts: set[int], since: int | None = None
+                 ) -> Iterable[tuple[bytes, bytes]]:
+        for key, value in self.table.data.items():
+            if not value:
+                continue
+            head = read_header(value)
+            if head.partition in parts and (self.topic_of_key(key), head.partition) in new and (
+                    since is None or head.last_event_time >= since):
+                yield key, value
+
+    # ------------------------------------------------------------------------------- timer
+    async def _tick(self) -> None:
+        app = self.app
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        if self._ready_at is None and app.consumer.assignment() is not None:
+            self._ready_at = time.monotonic()
+        if not self._busy:
+            self._check_assignment()
+        now = time.monotonic()
+        if now - self._last_report >= 10 and self.stats.messages > self._reported_messages:
+            rate = (self.stats.messages - self._reported_messages) / (now - self._last_report)
+            log.info("%s (%.0f msg/s over the last %.0f s)", self.stats.summary(), rate, now - self._last_report)
+            self._last_report, self._reported_messages = now, self.stats.messages
+        idle = self.options.idle_timeout
+        if idle is not None and self._ready_at is not None:
+            last = max(self._ready_at, self.stats.last_message or 0)
+            if now - last >= idle:
+                self.stop(f"no message for {idle:g} s (--timeout)")
+
+    def stop(self, why: str) -> None:
+        """Finish cleanly (as on SIGTERM): commit what was processed, then exit."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping: %s", why)
+        os.kill(os.getpid(), signal.SIGTERM)
