@@ -44,6 +44,13 @@ BATCH_SECONDS: Final = Histogram("amb_sink_batch_seconds", "Time to load one bat
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LAG: Final = Gauge("amb_sink_consumer_lag", "Messages in the facts topic not yet loaded and committed "
                    "(high watermark minus committed offset), per partition.", ["topic", "partition"])
+FRESHNESS: Final = Histogram(
+    "amb_sink_freshness_seconds",
+    "Seconds from a fact's Kafka timestamp (when the worker emitted it, a batch after the event arrived) "
+    "to queryable (the insert returned); the newest fact of each batch.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900))
+BATCH_SIZE: Final = Histogram("amb_sink_batch_size", "Fact messages per loaded batch.",
+                              buckets=(1, 10, 100, 1000, 5000, 10_000, 20_000, 50_000, 100_000))
 LAST_COMMIT: Final = Gauge("amb_sink_last_commit_timestamp_seconds", "When offsets were last committed "
                            "(Unix time), per partition: a stuck sink shows as a growing age.", ["partition"])
 
@@ -62,6 +69,7 @@ class Message(Protocol):
     def value(self) -> bytes | None: ...
     def headers(self) -> list[tuple[str, bytes]] | None: ...
     def error(self) -> Any: ...
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -186,6 +194,10 @@ class FactSink:
                 self.echo(f"sink: load failed ({exc}); retrying the same batch ({attempt + 1}/{self.retries})")
                 time.sleep(min(30.0, 0.5 * 2**attempt))
         BATCH_SECONDS.observe(time.monotonic() - started)
+        BATCH_SIZE.observe(len(msgs))
+        newest_ms = max((m.timestamp()[1] for m in msgs), default=0)
+        if newest_ms > 0:
+            FRESHNESS.observe(max(0.0, time.time() - newest_ms / 1000))
         if outcome.dead:
             self.producer.flush(30)
         self._commit(outcome.offsets)

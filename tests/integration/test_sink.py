@@ -91,6 +91,9 @@ class FakeMessage:
     def error(self) -> None:
         return None
 
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)  # TIMESTAMP_NOT_AVAILABLE
+
 
 def test_load_batch_groups_by_partition_with_offset_tokens_and_sets_bad_messages_aside(store: ChdbStore) -> None:
     msgs = fact_messages(EXAMPLE)
