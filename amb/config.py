@@ -74,6 +74,14 @@ class Settings:
         "AMB_GEO_DATA_DIR", None,
         "Reference data the geography index is built from. Default: data/geo of this checkout.",
     )
+    identities_file: Path | None = _setting(
+        "AMB_IDENTITIES_FILE", None,
+        "Analyst identities and their hashed tokens (`amb token`). Default: AMB_DATA_DIR/identities.toml.",
+    )
+    pseudonym_key_file: Path | None = _setting(
+        "AMB_PSEUDONYM_KEY_FILE", None,
+        "Deployment key for pseudonymised incident ids (created 0600). Default: AMB_DATA_DIR/pseudonym.key.",
+    )
     prometheus_port: int = _setting("AMB_PROMETHEUS_PORT", 9090, "Port of the local Prometheus server.")
     publisher_metrics_port: int = _setting("AMB_PUBLISHER_METRICS_PORT", 9101, "Prometheus metrics port of `amb publish`/`amb simulate --publish` (0 = off).")
     worker_metrics_port: int = _setting("AMB_WORKER_METRICS_PORT", 9102, "Prometheus metrics port of `amb worker`.")

@@ -212,7 +212,9 @@ class _DirLock:
 class ChdbStore:
     """Embedded chDB on a persistent directory; the process that opens it is its only user.
 
-    Thread-safe: chDB connections may be shared across threads (the engine serialises what it must).
+    NOT safe to share between threads: under concurrent queries one connection mixed up query
+    parameters (seen by amb serve with 10 clients). Use one connection per thread, as amb.serve's
+    ThreadLocalChdb does.
     """
 
     backend = "chdb"

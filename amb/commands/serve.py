@@ -1,0 +1,86 @@
+"""`amb serve`: the analyst HTTP service (catalogue, metrics, incidents, ClickHouse-compatible SQL)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from amb import config
+from amb.errors import AmbError
+from amb.identities import (
+    RegistryFile,
+    identities_path,
+    load_geography,
+    load_or_create_key,
+    pseudonym_key_path,
+)
+from sinks import migrate as mig
+from sinks.store import opened
+
+
+@click.command("serve", help="""Serve scoped, disclosure-controlled figures to analysts over HTTP.
+
+Every request needs a token (`amb token issue --identity icb:QOP`) and is written to the audit
+log (`amb audit`). Endpoints: GET /v1/catalogue, GET /v1/metrics/{dispositions|response|handover}
+(?level=&code=&from=&to=&by=&breakdown=&format=json|csv), GET /v1/incidents, GET /v1/audit,
+GET /openapi.json, GET /metrics (Prometheus), and ClickHouse's HTTP interface on / for
+clickhouse-connect, Grafana or curl: one SELECT over the analyst views, user kind_code (e.g.
+icb_QOP), password the token.
+
+With the embedded chDB store, `amb serve` OWNS the store while it runs: it holds the store's lock,
+so the sink, `amb query` and `amb db` cannot open it until it stops (ask the service instead, e.g.
+`amb audit --url`). With CLICKHOUSE_URL set nothing is locked.
+
+\b
+Example:
+  amb token issue --identity icb:QOP --label alice     # prints the token once
+  amb serve --port 8080
+  curl -H "Authorization: Bearer $TOKEN" 'localhost:8080/v1/metrics/dispositions?level=icb&format=csv'
+  curl -u icb_QOP:$TOKEN 'localhost:8080/?query=SELECT+*+FROM+non_conveyance_icb_month+LIMIT+5'
+""")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
+@click.option("--port", type=int, default=None, help="Port. Default: AMB_SERVE_PORT.")
+@click.option("--identities", "identities", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Identities file (TOML or YAML). Default: AMB_DATA_DIR/identities.toml.")
+@click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Threads answering queries.")
+@click.option("--duration", type=float, default=0.0, help="Stop after this many seconds (0 = until Ctrl-C).")
+def command(host: str, port: int | None, identities: Path | None, workers: int, duration: float) -> None:
+    from amb.serve import Running, Service
+
+    settings = config.load()
+    path = identities or identities_path(settings)
+    registry = RegistryFile(path)
+    if not any(t.active for t in registry.get().tokens):
+        click.echo(f"warning: no active token in {path}; issue one with `amb token issue --identity icb:QOP`",
+                   err=True)
+    geography = load_geography(settings.geo_data_dir)
+    key = load_or_create_key(pseudonym_key_path(settings))
+    if not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
+        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
+    with opened(settings) as store:  # takes the chDB lock: this process owns the store from here
+        pending = mig.pending(store, mig.load())
+        if pending:
+            raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): run `amb db migrate`")
+        service = Service(store, registry, geography, key)
+        server = Running(service, host, port or settings.serve_port, workers)
+        try:
+            server.start()
+        except OSError as exc:
+            service.close()
+            raise AmbError(f"cannot listen on {host}:{port or settings.serve_port}: {exc.strerror or exc}") from None
+        where = settings.clickhouse_url.split("@")[-1] if settings.clickhouse_url else str(settings.chdb_dir)
+        click.echo(f"amb serve: {server.url} (store {where}, identities {path}); Ctrl-C to stop")
+        stop = threading.Event()
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stop.wait(duration if duration > 0 else None)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            server.stop()
+            service.close()
+        click.echo("amb serve: stopped; audit log flushed")
