@@ -176,6 +176,21 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"AMB_LATE_HORIZON_DAYS={s.late_horizon_days} must be at least 1")
 
 
+def to_environ(s: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment under which a child process's :func:`load` gives exactly ``s``: ``base``
+    (default ``os.environ``) with every setting written out, and unset ones removed."""
+    env = dict(os.environ if base is None else base)
+    for f in dataclasses.fields(Settings):
+        var, value = f.metadata["env"], getattr(s, f.name)
+        if value is None or value == "":
+            env.pop(var, None)
+        elif isinstance(value, bool):
+            env[var] = "1" if value else "0"
+        else:
+            env[var] = str(value)
+    return env
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(environment variable, default, help) for every setting: used by `amb config`."""
     rows = []

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from amb import config  # noqa: E402
 from amb.codec import default_codec  # noqa: E402
-from amb.config import Settings  # noqa: E402
+from amb.config import Settings, to_environ  # noqa: E402
 from amb.geo.index import GeoIndex  # noqa: E402
 from amb.publisher import TrustPublisher  # noqa: E402
 from amb.simulate_io import load_pool  # noqa: E402
@@ -68,13 +67,6 @@ def with_prefix(s: Settings, tag: str) -> Settings:
     return p
 
 
-def env_of(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(Settings):
-        v = getattr(s, f.name)
-        if v is not None and v != "":
-            env[f.metadata["env"]] = str(v)
-    return env
 
 
 def feed(n: int) -> list[Event]:
@@ -106,7 +98,7 @@ def run_worker(s: Settings, workdir: Path, *args: str, sample_rss: bool = False)
     argv = [sys.executable, "-c", AMB, "worker", "--worker-id", uuid.uuid4().hex[:6], "--workers-dir", str(workdir),
             "--metrics-port", str(port), "--web-port", "0", "--timeout", "5", *args]
     with log_path.open("w") as err:
-        proc = subprocess.Popen(argv, env=env_of(s), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, env=to_environ(s), stdout=subprocess.DEVNULL, stderr=err)
         rss: list[tuple[float, float]] = []  # (states, bytes)
         while proc.poll() is None:
             if sample_rss:

@@ -120,3 +120,11 @@ def test_cli_reports_a_bad_setting_as_one_line(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "AMB_KAFKA_PORT" in lines[0] and "not-a-port" in lines[0]
+
+
+def test_to_environ_gives_a_child_process_the_same_settings(tmp_path: Path) -> None:
+    s = config.load({"AMB_KAFKA_SECURE": "1", "AMB_KAFKA_PORT": "1234", "AMB_DATA_DIR": str(tmp_path)})
+    env = config.to_environ(s, {"AMB_SCHEMA_REGISTRY_URL": "http://stale", "PATH": "/bin"})
+    assert config.load(env) == s
+    assert "AMB_SCHEMA_REGISTRY_URL" not in env  # unset in s: a stale parent value must not leak
+    assert env["PATH"] == "/bin" and env["AMB_KAFKA_SECURE"] == "1"

@@ -43,12 +43,9 @@ def _step(msg: str) -> None:
 
 def _run_finite(settings: Settings, name: str, args: list[str], env_extra: dict[str, str] | None = None) -> None:
     """Run `amb <args>` as its own process (as it runs in production) and wait for it to finish."""
-    import os
-
     log = settings.run_dir / f"demo-{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, **(env_extra or {}))
-    env["AMB_DATA_DIR"] = str(settings.data_dir)
+    env = {**config.to_environ(settings), **(env_extra or {})}
     with log.open("w") as fh:
         proc = subprocess.run([sys.executable, "-m", "amb.cli", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
@@ -99,7 +96,7 @@ def run_demo(settings: Settings, day: date, trusts: list[str] | None, seed: int,
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     worker = subprocess.Popen([sys.executable, "-m", "amb.cli", "worker", "--timeout", timeout, "--web-port", "0"],
                               stdout=(settings.run_dir / "demo-worker.log").open("w"), stderr=subprocess.STDOUT,
-                              env=_env(settings))
+                              env=config.to_environ(settings))
     try:
         _run_finite(settings, "sink", ["sink", "--timeout", str(idle_timeout * 2.5)])
     finally:
@@ -122,12 +119,6 @@ def run_demo(settings: Settings, day: date, trusts: list[str] | None, seed: int,
     mismatches = [name for name in specs if _norm(tables[name]) != _norm(oracle_tables[name])]
     seconds["query_and_oracle"] = time.perf_counter() - t
     return DemoResult(day, published, rejected, tables, oracle_tables, mismatches, seconds)
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    import os
-
-    return dict(os.environ, AMB_DATA_DIR=str(settings.data_dir))
 
 
 def _table_specs(day: date) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import uuid
@@ -12,17 +11,8 @@ from pathlib import Path
 import pytest
 
 from amb import config
-from amb.config import Settings
+from amb.config import Settings, to_environ
 from amb.topics import ensure_topics, project_topics
-
-
-def _env(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(Settings):
-        value = getattr(s, f.name)
-        if value is not None and value != "":
-            env[f.metadata["env"]] = str(value)
-    return env
 
 
 @pytest.mark.kafka
@@ -32,7 +22,7 @@ def test_small_demo_matches_the_batch_oracle(stack_settings: Settings, tmp_path:
     ensure_topics(s.bootstrap, project_topics(s))
     proc = subprocess.run(
         [sys.executable, "-m", "amb.cli", "demo", "--no-stack", "--trusts", "RX6,R1F", "--seed", "5", "--idle", "5"],
-        env=_env(s), capture_output=True, text=True, timeout=600,
+        env=to_environ(s), capture_output=True, text=True, timeout=600,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from amb import config
 from amb.codec import default_codec
-from amb.config import Settings
+from amb.config import Settings, to_environ
 from amb.dlq import read_dead_letters
 from amb.geo.index import GeoIndex
 from amb.publisher import TrustPublisher
@@ -61,13 +61,6 @@ def world(stack_settings: Settings, tmp_path: Path) -> Settings:
     return s
 
 
-def env_of(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(Settings):
-        value = getattr(s, f.name)
-        if value is not None and value != "":
-            env[f.metadata["env"]] = str(value)
-    return env
 
 
 def simulated_day(seed: int, scale: float) -> list[Event]:
@@ -152,7 +145,7 @@ class Worker:
         self.log = tmp / f"worker-{worker_id}-{time.monotonic_ns()}.log"
         argv = [sys.executable, "-c", AMB, "worker", "--worker-id", worker_id, "--workers-dir", str(tmp),
                 "--metrics-port", str(self.metrics_port), "--web-port", "0", *args]
-        self.proc = subprocess.Popen(argv, env=env_of(s), stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(argv, env=to_environ(s), stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("w"), start_new_session=True)
 
     def wait(self, timeout: float = 120) -> int:
