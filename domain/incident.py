@@ -136,10 +136,9 @@ def _check(event: Event, trust: str, ident: str, want_call: bool) -> None:
         )
 
 
-def update(state: IncidentState, event: Event) -> bool:
-    """Fold ``event`` into ``state`` IN PLACE; False (and no change) if its id was already seen.
-    The hot path of the stream worker, whose state comes fresh from its table anyway."""
-    _check(event, state.trust, state.incident_id, False)
+def _first_sight(state: IncidentState | Call111State, event: Event) -> bool:
+    """Record ``event``'s id and widen the state's event-time span; False if the id was seen before
+    (a duplicate changes nothing). Shared by both reducers so they dedupe identically."""
     eid = event.event_id
     if eid in state.seen:
         return False
@@ -151,6 +150,16 @@ def update(state: IncidentState, event: Event) -> bool:
     elif t > state.last_event_time:
         state.last_event_time = t
     state.seen = state.seen | {eid}
+    return True
+
+
+def update(state: IncidentState, event: Event) -> bool:
+    """Fold ``event`` into ``state`` IN PLACE; False (and no change) if its id was already seen.
+    The hot path of the stream worker, whose state comes fresh from its table anyway."""
+    _check(event, state.trust, state.incident_id, False)
+    if not _first_sight(state, event):
+        return False
+    t, eid = event.event_time, event.event_id
     key = (t, eid)
     et = event.event_type
     if et == EventType.INCIDENT_CREATED:
@@ -187,17 +196,9 @@ def update(state: IncidentState, event: Event) -> bool:
 def update_call(state: Call111State, event: Event) -> bool:
     """:func:`update` for a 111 call."""
     _check(event, state.trust, state.call_id, True)
-    eid = event.event_id
-    if eid in state.seen:
+    if not _first_sight(state, event):
         return False
-    t = event.event_time
-    if not state.seen:
-        state.first_event_time = state.last_event_time = t
-    elif t < state.first_event_time:
-        state.first_event_time = t
-    elif t > state.last_event_time:
-        state.last_event_time = t
-    state.seen = state.seen | {eid}
+    t, eid = event.event_time, event.event_id
     key = (t, eid)
     if state.call_key is None or key > state.call_key:
         state.call_key = key
