@@ -46,9 +46,16 @@ LAG: Final = Gauge("amb_sink_consumer_lag", "Messages in the facts topic not yet
                    "(high watermark minus committed offset), per partition.", ["topic", "partition"])
 FRESHNESS: Final = Histogram(
     "amb_sink_freshness_seconds",
-    "Seconds from a fact's Kafka timestamp (when the worker emitted it, a batch after the event arrived) "
-    "to queryable (the insert returned); the newest fact of each batch.",
+    "Pipeline delay after the worker: seconds from the newest fact message's Kafka timestamp (when the "
+    "worker emitted it) to the batch's insert returning, once per batch; excludes the trust's and the "
+    "worker's delay (amb_sink_event_freshness_seconds includes them).",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900))
+EVENT_FRESHNESS: Final = Histogram(
+    "amb_sink_event_freshness_seconds",
+    "End-to-end freshness: seconds from the newest event time among a batch's facts (incident "
+    "last_event_ms, 111 call time) to the batch's insert returning (queryable), once per batch. "
+    "Large on purpose during a replay of old events: the store is that stale.",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 300, 900, 3600, 21_600, 86_400, 604_800))
 BATCH_SIZE: Final = Histogram("amb_sink_batch_size", "Fact messages per loaded batch.",
                               buckets=(1, 10, 100, 1000, 5000, 10_000, 20_000, 50_000, 100_000))
 LAST_COMMIT: Final = Gauge("amb_sink_last_commit_timestamp_seconds", "When offsets were last committed "
@@ -79,6 +86,7 @@ class BatchOutcome:
     results: dict[str, LoadResult] = field(default_factory=dict)
     dead: int = 0
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
+    newest_event_ms: int = 0  # greatest event time among the loaded facts (0: none), for EVENT_FRESHNESS
 
 
 def partition_token(topic: str, partition: int, first: int, last: int) -> str:
@@ -119,6 +127,8 @@ def load_batch(
             acc = out.results.setdefault(kind, LoadResult())
             acc += res
         out.offsets[(topic, part)] = max(offsets) + 1
+        out.newest_event_ms = max(out.newest_event_ms, max((f.last_event_ms for f in incidents), default=0),
+                                  max((c.call_time_ms for c in calls), default=0))
     return out
 
 
@@ -198,6 +208,8 @@ class FactSink:
         newest_ms = max((m.timestamp()[1] for m in msgs), default=0)
         if newest_ms > 0:
             FRESHNESS.observe(max(0.0, time.time() - newest_ms / 1000))
+        if outcome.newest_event_ms > 0:
+            EVENT_FRESHNESS.observe(max(0.0, time.time() - outcome.newest_event_ms / 1000))
         if outcome.dead:
             self.producer.flush(30)
         self._commit(outcome.offsets)

@@ -280,8 +280,11 @@ class StreamWorker:
         self._busy = False
         self._batch_end: float | None = None
         self._ready_at: float | None = None
+        self._offsets_reader: Any = None
+        self._next_offset: dict[tuple[str, int], int] = {}
         self._last_report = time.monotonic()
         self._reported_messages = 0
+        self.lag = metrics.ConsumerLag(self.events_topics)  # amb_worker_consumer_lag, set by _tick
         self.agent = app.agent(self.source, name="incidents")(self._agent_fun())
         app.timer(0.5)(self._tick)
 
@@ -326,6 +329,7 @@ class StreamWorker:
         result = self.step.process(msgs, int(time.time() * 1000))
         t1 = time.perf_counter()
         await self._send(result)
+        self.lag.handled((m.topic, m.partition, m.offset) for m in msgs)
         self._batch_end = t2 = time.perf_counter()
         self.stats.process_s += t1 - t0
         self.stats.send_s += t2 - t1
@@ -430,15 +434,54 @@ class StreamWorker:
         if not self._busy:
             self._check_assignment()
         now = time.monotonic()
+        await self.lag.update(app.consumer, now)
         if now - self._last_report >= 10 and self.stats.messages > self._reported_messages:
             rate = (self.stats.messages - self._reported_messages) / (now - self._last_report)
             log.info("%s (%.0f msg/s over the last %.0f s)", self.stats.summary(), rate, now - self._last_report)
             self._last_report, self._reported_messages = now, self.stats.messages
         idle = self.options.idle_timeout
-        if idle is not None and self._ready_at is not None:
+        if idle is not None and self._ready_at is not None and not self._busy:
             last = max(self._ready_at, self.stats.last_message or 0)
-            if now - last >= idle:
-                self.stop(f"no message for {idle:g} s (--timeout)")
+            if now - last >= idle and await self._caught_up():
+                self.stop(f"no message for {idle:g} s and every assigned events partition processed to its end "
+                          "(--timeout)")
+
+    async def _caught_up(self) -> bool:
+        """True when every events partition this worker holds has been processed to its end offset.
+
+        "No message for N s" alone is not "done": a slow first batch after a rebalance, or a
+        partition still held by a killed member until its session expires, also look idle, and
+        stopping then left events unprocessed. Processed, not committed: Faust's commit of a
+        partition can crawl an offset at a time after a restart (duplicate offsets in its acked
+        list), and what it has not committed is read again as duplicates, which change nothing."""
+        assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._events_set]
+        if not assigned:
+            return False
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self._processed_to_end, assigned)
+        except Exception as exc:  # noqa: BLE001 - an unanswered question is "not yet"
+            log.warning("could not read the end offsets of the events topics: %s", exc)
+            return False
+
+    def _processed_to_end(self, assigned: list[tuple[str, int]]) -> bool:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._offsets_reader is None:
+            from amb.security import client_config
+
+            self._offsets_reader = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.app.conf.id,
+                                             "enable.auto.commit": False, "log_level": 3,
+                                             **client_config(self.settings, "worker")})
+        reader = self._offsets_reader
+        tps = [TopicPartition(t, p) for t, p in assigned]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in reader.committed(tps, timeout=10)}
+        for t, p in assigned:
+            _low, high = reader.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+            done = max(self._next_offset.get((t, p), 0), committed[(t, p)])
+            if done < high:
+                log.info("not caught up: %s[%d] at offset %d of %d", t, p, done, high)
+                return False
+        return True
 
     def stop(self, why: str) -> None:
         """Finish cleanly (as on SIGTERM): commit what was processed, then exit."""

@@ -9,13 +9,16 @@ wait do not (recompute the rate from ``amb_live_dispositions_today``; take ``max
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from streams.live import LiveView
+
+log = logging.getLogger(__name__)
 
 EVENTS: Final = Counter("amb_worker_events_total", "Valid events processed, by event type and trust "
                         "(duplicates included).", ["type", "trust"])
@@ -38,6 +41,79 @@ EVENT_LAG: Final = Gauge("amb_worker_event_lag_seconds", "Wall clock minus the g
 LAST_BATCH: Final = Gauge("amb_worker_last_batch_timestamp_seconds", "When the last batch finished "
                           "(Unix time): a stuck agent shows as a growing age.")
 PARTITIONS: Final = Gauge("amb_worker_assigned_partitions", "Source partitions assigned to this worker.")
+CONSUMER_LAG: Final = Gauge("amb_worker_consumer_lag", "Events messages not yet processed by this worker "
+                            "(high watermark minus the next offset to process), per assigned events partition; "
+                            "updated every 0.5 s, label sets of revoked partitions removed.",
+                            ["topic", "partition"])
+
+
+class ConsumerLag:
+    """Keeps :data:`CONSUMER_LAG`: per assigned events partition, the high watermark minus the next
+    offset this worker will process.
+
+    The next offset is the greatest of: one past the last message the worker handled (recorded per
+    batch, :meth:`handled`), the offset Faust last committed or sought to for the group (after a
+    rebalance hands a partition back, another worker may have gone further), and the partition's
+    log start (where a group with no commit starts). High watermarks come from the consumer's fetch
+    responses (cached, free) and, every ``refresh_s`` seconds or when the cache has none yet, from
+    the broker: a worker far behind has paused fetching, so its cache goes stale exactly then.
+    """
+
+    def __init__(self, events_topics: Iterable[str], refresh_s: float = 10.0) -> None:
+        self.events_topics = frozenset(events_topics)
+        self.refresh_s = refresh_s
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self._asked: dict[tuple[str, int], tuple[int, int]] = {}  # (log start, high watermark) from the broker
+        self._asked_at = float("-inf")
+        self._labelled: set[tuple[str, int]] = set()
+
+    def handled(self, offsets: Iterable[tuple[str, int, int]]) -> None:
+        """Record (topic, partition, offset) of messages fully processed (their output delivered)."""
+        nxt = self.next_offset
+        for topic, partition, offset in offsets:
+            if offset >= nxt.get((topic, partition), -1):
+                nxt[(topic, partition)] = offset + 1
+
+    async def update(self, consumer: Any, now: float) -> dict[tuple[str, int], int]:
+        """Set the gauge for every assigned events partition and drop revoked ones; returns the lags."""
+        tps = [tp for tp in consumer.assignment() if tp.topic in self.events_topics]
+        assigned = {(tp.topic, tp.partition) for tp in tps}
+        for key in self._labelled - assigned:
+            CONSUMER_LAG.remove(key[0], str(key[1]))
+            self.next_offset.pop(key, None)
+            self._asked.pop(key, None)
+        self._labelled &= assigned
+        cached: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - revoked since assignment() was read: next tick
+                high = None
+            if high is not None:
+                cached[(tp.topic, tp.partition)] = int(high)
+        committed = getattr(consumer, "_committed_offset", {})  # Faust's own record; no public accessor
+        since = now - self._asked_at
+        if tps and (since >= self.refresh_s or (since >= 1.0 and assigned - set(cached) - set(self._asked))):
+            self._asked_at = now
+            try:
+                starts = await consumer.earliest_offsets(*tps)
+                highs = await consumer.highwaters(*tps)
+                self._asked.update({(tp.topic, tp.partition): (int(starts.get(tp) or 0), int(highs[tp]))
+                                    for tp in tps if highs.get(tp) is not None})
+            except Exception as exc:  # noqa: BLE001 - a metric must not stop the worker
+                log.warning("could not read the events partitions' offsets for the lag gauge: %s", exc)
+        lags = {}
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            start, asked_high = self._asked.get(key, (0, -1))
+            high = max(cached.get(key, -1), asked_high)
+            if high < 0:
+                continue  # nothing known yet: no series rather than a wrong one
+            nxt = max(self.next_offset.get(key, 0), committed.get(tp) or 0, start)
+            lags[key] = max(0, high - nxt)
+            CONSUMER_LAG.labels(key[0], str(key[1])).set(lags[key])
+            self._labelled.add(key)
+        return lags
 
 
 class LiveCollector:

@@ -41,7 +41,7 @@ Examples:
               help="Stop after processing this many messages (finite runs, tests).")
 @click.option("--timeout", "idle_timeout", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds without a new message, counted once the worker "
-                   "has its partitions.")
+                   "has its partitions and has processed each of them to its end offset.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Most messages per take() batch.")
 @click.option("--batch-within", type=click.FloatRange(min=0.001), default=0.5, show_default=True,

@@ -222,6 +222,58 @@ def test_prometheus_scrapes_the_worker_and_evaluates_the_rules(live: Live) -> No
         'max(amb_sink_last_commit_timestamp_seconds{job="sink"})'))
     assert value(commits[0]) > day_start - 86400, "the last commit time is not a Unix time of today"
 
+    # End-to-end freshness: the sink timed the newest event of every batch it inserted (the series
+    # AmbDataStale watches). The simulated day runs to midnight, so values may be 0 (events stamped
+    # later than now are clamped) but never negative.
+    fresh = live.wait("amb_sink_event_freshness_seconds observed", lambda: live.query(
+        'sum(amb_sink_event_freshness_seconds_count{job="sink"}) > 0'))
+    assert value(fresh[0]) > 0
+    assert all(value(s) >= 0 for s in live.query('amb_sink_event_freshness_seconds_sum{job="sink"}'))
+
+    # Worker consumer lag: one series per events partition the worker owns (the published trusts'
+    # topics have messages, so their partitions have high watermarks), never negative, and back to
+    # zero once everything delivered has been processed.
+    events_topics = {topics.events_topic(live.settings, t) for t in TRUSTS}
+
+    def lag_series() -> list[dict[str, Any]]:
+        result = live.query('amb_worker_consumer_lag{job="worker"}')
+        return result if {s["metric"]["topic"] for s in result} >= events_topics else []
+
+    lags = live.wait("amb_worker_consumer_lag for every published trust's topic", lag_series)
+    assert all(value(s) >= 0 for s in lags), lags
+    assert all(s["metric"]["partition"].isdigit() for s in lags), lags
+    per_topic: dict[str, set[str]] = {}
+    for s in lags:
+        per_topic.setdefault(s["metric"]["topic"], set()).add(s["metric"]["partition"])
+    assert max(len(parts) for parts in per_topic.values()) <= live.settings.kafka_partitions
+    live.wait("worker consumer lag back to zero", lambda: live.query(
+        f'sum(amb_worker_consumer_lag{{job="worker", topic=~"{"|".join(sorted(events_topics))}"}}) == 0'))
+
+    # A second worker joins the group: the first keeps a lag series for exactly the events
+    # partitions it still owns (the label sets of revoked ones are dropped). The second is not
+    # scraped (the local config has one worker port); its partitions are the rest.
+    total = len(topics.events_topics(live.settings)) * live.settings.kafka_partitions
+    assert len(lags) == total, f"one worker owns all {total} events partitions, but {len(lags)} have a lag series"
+    second_log = live.logs["worker"].with_name("worker-2.log")
+    with open(second_log, "wb") as log:
+        second = subprocess.Popen(amb("worker", "--worker-id", "2", "--metrics-port", "0", "--web-port", "0"),
+                                  env=settings_env(live.settings), cwd=second_log.parent, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    live.logs["worker 2"] = second_log
+    try:
+        def shared() -> list[dict[str, Any]] | None:
+            if second.poll() is not None:
+                pytest.fail(f"the second `amb worker` exited with status {second.returncode}{live.evidence()}")
+            owned = live.query('amb_worker_assigned_partitions{job="worker"}')
+            series = live.query('count(amb_worker_consumer_lag{job="worker"})')
+            if owned and series and 0 < value(owned[0]) < total and value(series[0]) == value(owned[0]):
+                return series
+            return None
+
+        live.wait("the first worker's lag series shrink to the partitions it still owns", shared)
+    finally:
+        process.terminate(second.pid, timeout=20)
+
     # The recording rule over the counter evaluates in the real server (its value may be 0: the
     # worker can have read everything before the first scrape, and rate needs an increase to see).
     rate = live.wait("amb:worker_events:rate5m", lambda: live.query("amb:worker_events:rate5m"))
