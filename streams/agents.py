@@ -282,6 +282,11 @@ class StreamWorker:
         self._ready_at: float | None = None
         self._offsets_reader: Any = None
         self._next_offset: dict[tuple[str, int], int] = {}
+        """Per events partition: the next offset whose message is not yet processed AND delivered;
+        advanced only over contiguous offsets. What the worker commits (see :meth:`_guard_commits`)."""
+        self._holes: set[tuple[str, int]] = set()
+        self._committed_by_us: dict[tuple[str, int], int] = {}
+        self._commits_guarded = False
         self._last_report = time.monotonic()
         self._reported_messages = 0
         self.lag = metrics.ConsumerLag(self.events_topics)  # amb_worker_consumer_lag, set by _tick
@@ -329,6 +334,7 @@ class StreamWorker:
         result = self.step.process(msgs, int(time.time() * 1000))
         t1 = time.perf_counter()
         await self._send(result)
+        self._advance(msgs)
         self.lag.handled((m.topic, m.partition, m.offset) for m in msgs)
         self._batch_end = t2 = time.perf_counter()
         self.stats.process_s += t1 - t0
@@ -387,12 +393,77 @@ class StreamWorker:
         if opts.max_messages is not None and s.messages >= opts.max_messages:
             self.stop(f"--max-messages {opts.max_messages} reached")
 
-    # ---------------------------------------------------------------------------- rebalances
     def topic_of_key(self, key: bytes) -> str:
         return self._topic_of_trust[trust_of_key(key)]
 
+    # ------------------------------------------------------------------------------- commits
+    def _advance(self, msgs: Sequence[InMessage]) -> None:
+        """Move each partition's next offset over this batch's messages, all delivered by now.
+
+        A message that starts past the next offset is a hole: a message Faust never handed to the
+        agent. The partition's offset then stays at the hole, so no commit passes it and a restart
+        reads it again (duplicates change nothing)."""
+        nxt, holes = self._next_offset, self._holes
+        for m in msgs:
+            tp = (m.topic, m.partition)
+            if tp in holes:
+                continue
+            cur = nxt.get(tp)
+            if cur is None:
+                start = self._start_offset(m.topic, m.partition)
+                cur = m.offset if start is None else start
+            if m.offset == cur:
+                nxt[tp] = cur + 1
+            elif m.offset > cur:
+                holes.add(tp)
+                nxt[tp] = cur
+                log.warning("%s[%d]: message %d arrived where %d was next; commits stay at %d until this "
+                            "partition is reassigned", m.topic, m.partition, m.offset, cur, cur)
+
+    def _start_offset(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset as Faust read it at assignment (None: none, or 0)."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        value = committed.get(TP(topic, partition)) if hasattr(committed, "get") else None
+        return value if isinstance(value, int) else None
+
+    def _guard_commits(self) -> None:
+        """Commit the events partitions at what this worker processed and delivered, never at
+        Faust's own acked-offset bookkeeping.
+
+        Faust counts gap ranges as acked and, after a restart, its acked list can hold duplicate
+        offsets (its commits then crawl one offset per commit); a gap counted as acked before its
+        messages were processed is a commit past unprocessed events, which a kill -9 then loses.
+        So every commit Faust makes carries, for each events partition, this worker's own
+        contiguous next offset instead (and those of other assigned partitions that moved)."""
+        if self._commits_guarded:
+            return
+        consumer: Any = self.app.consumer
+        original = consumer._commit
+
+        async def commit(offsets: Mapping[TP, int]) -> bool:
+            ours: dict[TP, int] = {}
+            for tp, offset in offsets.items():
+                if tp.topic not in self._events_set:
+                    ours[tp] = offset
+            for (topic, partition), offset in self._next_offset.items():
+                if (topic, partition) in self._assigned and self._committed_by_us.get((topic, partition)) != offset:
+                    ours[TP(topic, partition)] = offset
+            if not ours:
+                return False
+            done = bool(await original(ours))
+            if done:
+                for tp, offset in ours.items():
+                    if tp.topic in self._events_set:
+                        self._committed_by_us[(tp.topic, tp.partition)] = offset
+            return done
+
+        consumer._commit = commit
+        self._commits_guarded = True
+
+    # ---------------------------------------------------------------------------- rebalances
     def _check_assignment(self) -> None:
         """After a rebalance: forget revoked partitions, adopt the restored rows of new ones."""
+        self._guard_commits()
         gen = self.app.consumer_generation_id
         if gen == self._generation:
             return
@@ -400,6 +471,10 @@ class StreamWorker:
         revoked = self._assigned - assigned
         new = assigned - self._assigned
         self.step.forget(revoked)
+        for tp in revoked:
+            self._next_offset.pop(tp, None)
+            self._committed_by_us.pop(tp, None)
+            self._holes.discard(tp)
         if new:
             parts = {p for _, p in new}
             n = self.step.adopt(self._rows_of(new, parts), self.topic_of_key)
