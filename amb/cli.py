@@ -8,11 +8,13 @@ import click
 
 from amb import __version__
 from amb.commands import (
+    alerts,
     audit,
     config_cmd,
     db,
     demo,
     dlq,
+    forecast,
     geo,
     live,
     publish,
@@ -52,7 +54,7 @@ def cli() -> None:
 
 
 for _module in (stack, geo, simulate, publish, dlq, worker, live, sink, db, query, serve, token, audit, trust, demo,
-                config_cmd):
+                config_cmd, alerts, forecast):
     cli.add_command(_module.command)
 
 
