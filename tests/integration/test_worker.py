@@ -236,8 +236,9 @@ def test_kill_9_mid_stream_and_restart_still_gives_exactly_the_oracles_facts(
 def test_two_workers_share_the_partitions(world: Settings, geo: IndexGeo, workers: list[Worker],
                                           tmp_path: Path) -> None:
     events = simulated_day(seed=13, scale=0.3)
-    one = Worker(world, "a", tmp_path, "--timeout", "6")
-    two = Worker(world, "b", tmp_path, "--timeout", "6")
+    # idle long enough that neither stops before the publishing below reaches its partitions
+    one = Worker(world, "a", tmp_path, "--timeout", "15")
+    two = Worker(world, "b", tmp_path, "--timeout", "15")
     workers += [one, two]
     deadline = time.monotonic() + 90
     while not all((w.metric("amb_worker_assigned_partitions") or 0) > 0 for w in (one, two)):
