@@ -334,7 +334,9 @@ class StreamWorker:
         result = self.step.process(msgs, int(time.time() * 1000))
         t1 = time.perf_counter()
         await self._send(result)
-        self._advance(msgs)
+        holes = self._advance(msgs)
+        if holes:
+            await self._reread(holes)
         self.lag.handled((m.topic, m.partition, m.offset) for m in msgs)
         self._batch_end = t2 = time.perf_counter()
         self.stats.process_s += t1 - t0
@@ -397,28 +399,39 @@ class StreamWorker:
         return self._topic_of_trust[trust_of_key(key)]
 
     # ------------------------------------------------------------------------------- commits
-    def _advance(self, msgs: Sequence[InMessage]) -> None:
+    def _advance(self, msgs: Sequence[InMessage]) -> dict[tuple[str, int], int]:
         """Move each partition's next offset over this batch's messages, all delivered by now.
+        Returns the holes found: partition -> the offset the worker must read again from.
 
-        A message that starts past the next offset is a hole: a message Faust never handed to the
-        agent. The partition's offset then stays at the hole, so no commit passes it and a restart
-        reads it again (duplicates change nothing)."""
+        A message that starts past the next offset is a hole: messages Faust never handed to the
+        agent (known upstream races around rebalances and recovery, e.g. faust-streaming#216 and
+        #221: a fetch resumed before the seek to the committed offset, then the re-read dropped as
+        already read). The partition's offset stays at the hole, so no commit passes it, and the
+        caller seeks back there; the messages after it come again and are duplicates by then."""
         nxt, holes = self._next_offset, self._holes
+        found: dict[tuple[str, int], int] = {}
         for m in msgs:
             tp = (m.topic, m.partition)
-            if tp in holes:
-                continue
             cur = nxt.get(tp)
             if cur is None:
                 start = self._start_offset(m.topic, m.partition)
                 cur = m.offset if start is None else start
             if m.offset == cur:
                 nxt[tp] = cur + 1
+                holes.discard(tp)
             elif m.offset > cur:
-                holes.add(tp)
                 nxt[tp] = cur
-                log.warning("%s[%d]: message %d arrived where %d was next; commits stay at %d until this "
-                            "partition is reassigned", m.topic, m.partition, m.offset, cur, cur)
+                if tp not in holes:
+                    holes.add(tp)
+                    found[tp] = cur
+        return found
+
+    async def _reread(self, holes: Mapping[tuple[str, int], int]) -> None:
+        for (topic, partition), offset in holes.items():
+            log.warning("%s[%d]: Faust skipped messages from offset %d; seeking back to read them (commits stay "
+                        "there until they are processed)", topic, partition, offset)
+            metrics.HOLES.inc()
+            await self.app.consumer.seek(TP(topic, partition), offset)
 
     def _start_offset(self, topic: str, partition: int) -> int | None:
         """The group's committed offset as Faust read it at assignment (None: none, or 0)."""

@@ -40,6 +40,8 @@ EVENT_LAG: Final = Gauge("amb_worker_event_lag_seconds", "Wall clock minus the g
                          "the last batch (large during a replay).")
 LAST_BATCH: Final = Gauge("amb_worker_last_batch_timestamp_seconds", "When the last batch finished "
                           "(Unix time): a stuck agent shows as a growing age.")
+HOLES: Final = Counter("amb_worker_offset_holes_total", "Times Faust handed the agent a message past the next "
+                       "unprocessed offset of its partition; the worker seeks back and reads the skipped ones again.")
 PARTITIONS: Final = Gauge("amb_worker_assigned_partitions", "Source partitions assigned to this worker.")
 CONSUMER_LAG: Final = Gauge("amb_worker_consumer_lag", "Events messages not yet processed by this worker "
                             "(high watermark minus the next offset to process), per assigned events partition; "
