@@ -21,11 +21,19 @@ of the query, with ``readonly = 2`` and limits, and asked for the caller's outpu
 bytes are passed through. So the answer is exactly what ClickHouse would send for that query over
 those (protected) tables, in Native, RowBinaryWithNamesAndTypes, JSON, TSV...
 
-chDB: one process may open a chDB data directory at a time, so ``amb serve`` OWNS the store
-while it runs (it holds the store's lock, ``<dir>/amb.lock``): the sink, ``amb query`` and
-``amb db`` cannot open it meanwhile; ask the service instead (``amb audit --url``, the SQL
-endpoint). With a ClickHouse server (``CLICKHOUSE_URL``) nothing is locked and the SQL endpoint
-evaluates over an in-memory chDB.
+Process layout. chDB: one process may open a chDB data directory at a time, so ``amb serve``
+OWNS the store while it runs (it holds the store's lock, ``<dir>/amb.lock``): ``amb sink``,
+``amb query`` and ``amb db`` cannot open it meanwhile. So the one owner does both jobs:
+``amb serve --with-sink`` runs the fact sink (sinks.sink.FactSink, :class:`InProcessSink`) on a
+thread, writing through :meth:`Service.writer`; ``amb query --url`` and ``amb audit --url`` ask
+the service. With a ClickHouse server (``CLICKHOUSE_URL``) nothing is locked: ``amb sink`` runs
+as its own process, the service reads the server (parameters bound server-side) and evaluates the
+SQL endpoint over an in-memory chDB, and notices others' writes by probing the server's parts.
+
+Speed: a table depends only on the data, so protected tables, view snapshots and rendered
+bodies are cached per store version (:class:`Cache`); a load moves the version, and for up to
+``max_stale`` seconds the previous answer is served while one thread rebuilds it. A repeated
+request costs authentication, a lookup and an audit row (bench/bench_serve.py).
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import pyarrow as pa
 from aiohttp import web
@@ -69,7 +77,7 @@ from sinks.store import ChdbStore, Result, Store, StoreError, bind_value, quote
 log = logging.getLogger("amb.serve")
 R = TypeVar("R")
 
-SURFACES: Final = ("catalogue", "metric", "incidents", "sql", "audit", "cli")
+SURFACES: Final = ("catalogue", "metric", "incidents", "sql", "audit", "cli", "web")
 BREAKDOWNS: Final = ("imd_decile",)
 IMD_VIEWS: Final = {"dispositions": "dispositions_imd_month", "response": "response_imd_month",
                     "handover": "handover_imd_month"}
@@ -490,6 +498,141 @@ class ViewSnapshot:
     rows: tuple[tuple[Value, ...], ...]
     suppressed: int
     taken: float
+    table: pa.Table | None = None
+    """The protected rows as Arrow (nullable columns), what the engine reads."""
+
+
+@dataclass(frozen=True)
+class ProtectedTable:
+    """A catalogue table after disclosure control over ALL its codes (what every caller with the
+    same exemption sees, before scoping): cached per store version so a request only filters."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Value, ...]]
+    hidden: list[int]
+    """Suppressed cells per row."""
+
+
+class Cache:
+    """Results that depend only on the store's contents, kept until the data change.
+
+    ``version`` moves on :meth:`invalidate` (the in-process sink's writes, or a server probe
+    that saw new parts). An entry of an older version is still served for up to ``max_stale``
+    seconds after the data changed, while ONE background thread rebuilds it (stale while
+    revalidate): a sink loading every second would otherwise turn every request into a cold
+    query. Past ``max_stale`` (or with ``max_stale=0``) a request builds it itself; concurrent
+    misses on one key build it once (striped locks). Bounded by total rows (LRU)."""
+
+    def __init__(self, max_rows: int = 2_000_000, max_entry_rows: int = 500_000, max_stale: float = 2.0) -> None:
+        from collections import OrderedDict
+
+        self.max_rows, self.max_entry_rows, self.max_stale = max_rows, max_entry_rows, max_stale
+        self.version = 0
+        self._changed: dict[int, float] = {}  # version -> when the data moved on to it
+        self._entries: OrderedDict[Any, tuple[int, int, Any]] = OrderedDict()
+        self._rows = 0
+        self._lock = threading.Lock()
+        # a lock stripe per nesting depth: a build (depth d) may take a depth d+1 lock, never the
+        # other way round, so builds that read other cached tables cannot deadlock
+        self._stripes = [[threading.Lock() for _ in range(64)] for _ in range(4)]
+        self._refreshing: set[Any] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self.hits = self.stale_hits = self.misses = 0
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self.version += 1
+            self._changed[self.version] = time.monotonic()
+            if len(self._changed) > 4096:
+                for v in sorted(self._changed)[:2048]:
+                    del self._changed[v]
+
+    def _lookup(self, key: Any, stale_ok: bool) -> tuple[str, Any]:
+        """('hit' | 'stale' | 'miss', value)."""
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None:
+                return "miss", None
+            self._entries.move_to_end(key)
+            if e[0] == self.version:
+                self.hits += 1
+                return "hit", e[2]
+            changed = self._changed.get(e[0] + 1)
+            if stale_ok and changed is not None and time.monotonic() - changed <= self.max_stale:
+                self.stale_hits += 1
+                return "stale", e[2]
+            return "miss", None
+
+    def _store(self, key: Any, version: int, value: Any, n: int) -> None:
+        with self._lock:
+            old = self._entries.get(key)
+            if n > self.max_entry_rows or (old is not None and old[0] > version):
+                return
+            if old is not None:
+                self._rows -= old[1]
+            self._entries[key] = (version, n, value)
+            self._entries.move_to_end(key)
+            self._rows += n
+            while self._rows > self.max_rows and self._entries:
+                _k, (_v, gone, _x) = self._entries.popitem(last=False)
+                self._rows -= gone
+
+    def _build(self, key: Any, build: Callable[[], R], size: Callable[[R], int]) -> R:
+        with self._lock:
+            version = self.version
+            self.misses += 1
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1  # what a build reads through the cache must be current
+        try:
+            value = build()
+        finally:
+            self._local.depth = depth
+        self._store(key, version, value, size(value))
+        return value
+
+    def get(self, key: Any, build: Callable[[], R], size: Callable[[R], int]) -> R:
+        stale_ok = self.max_stale > 0 and not getattr(self._local, "depth", 0)
+        state, value = self._lookup(key, stale_ok)
+        if state == "hit":
+            return cast(R, value)
+        if state == "stale":
+            self._refresh(key, build, size)
+            return cast(R, value)
+        with self._stripe(key):
+            state, value = self._lookup(key, False)
+            if state == "hit":
+                return cast(R, value)
+            return self._build(key, build, size)
+
+    def _stripe(self, key: Any) -> threading.Lock:
+        return self._stripes[min(getattr(self._local, "depth", 0), 3)][hash(key) % 64]
+
+    def _refresh(self, key: Any, build: Callable[[], R], size: Callable[[R], int]) -> None:
+        with self._lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="amb-serve-refresh")
+            pool = self._pool
+
+        def run() -> None:
+            try:
+                with self._stripe(key):
+                    if self._lookup(key, False)[0] != "hit":
+                        self._build(key, build, size)
+            except Exception as exc:  # noqa: BLE001  (the next request builds it and reports the error)
+                log.warning("refreshing a cached table failed: %s", exc)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(key)
+
+        pool.submit(run)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 # --- the service core (blocking; the HTTP layer runs it in a thread pool) ---------------------------
@@ -542,24 +685,54 @@ class Service:
     """Scoping, disclosure control, pseudonymisation and audit around one store.
 
     ``registry`` may be a live :class:`RegistryFile` (re-read on change) or a fixed Registry.
-    ``snapshot_ttl``: seconds a protected view snapshot is reused by the SQL endpoint (with a
-    chDB store nothing else writes while the service owns it, so this only bounds staleness on a
-    server)."""
+
+    Protected tables and view snapshots are cached until the data change (:class:`Cache`). With
+    a chDB store this process is the only writer (it holds the store's lock): whatever writes
+    through :meth:`writer` (the in-process sink of ``amb serve --with-sink``) invalidates them.
+    On a server others write, so every ``probe_interval`` seconds a request asks the server for
+    its parts (``STORE_PROBE``) and a change invalidates."""
 
     def __init__(self, store: Store, registry: RegistryFile | Registry, geography: Geography, key: bytes, *,
-                 audit_interval: float = 1.0, snapshot_ttl: float = 30.0,
+                 audit_interval: float = 1.0, probe_interval: float = 1.0,
                  metrics: ServeMetrics | None = None) -> None:
         self.store: Store = concurrent_store(store)
         self._registry = registry
         self.geography = geography
         self.key = key
         self.metrics = metrics or ServeMetrics()
-        self.audit = AuditLog(store, audit_interval, on_flush=self.metrics.on_flush)
-        self.snapshot_ttl = snapshot_ttl
+        self.audit = AuditLog(self.store, audit_interval, on_flush=self.metrics.on_flush)
+        self.cache = Cache()
+        self.probe_interval = probe_interval if store.backend != "chdb" else None
+        self._probed: tuple[float, Any] = (-1e18, None)
+        self._probe_lock = threading.Lock()
         self._evaluator: Evaluator | None = None
-        self._snapshots: dict[str, ViewSnapshot] = {}
-        self._snap_lock = threading.Lock()
         self._view_meta: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {}
+
+    # freshness ------------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """The store's data changed: drop every cached table."""
+        self.cache.invalidate()
+
+    def writer(self) -> Store:
+        """The store for an in-process writer (the sink): its writes invalidate the caches."""
+        return InvalidatingStore(self.store, self.invalidate)
+
+    def _probe(self) -> None:
+        """On a server, invalidate when its parts changed (at most once per ``probe_interval``)."""
+        if self.probe_interval is None or time.monotonic() - self._probed[0] < self.probe_interval:
+            return
+        if not self._probe_lock.acquire(blocking=False):
+            return  # another request is probing
+        try:
+            seen = self.store.query(STORE_PROBE).rows
+            if self._probed[1] is not None and seen != self._probed[1]:
+                self.invalidate()
+            self._probed = (time.monotonic(), seen)
+        except StoreError as exc:
+            log.warning("store probe failed (%s): dropping cached tables", exc)
+            self.invalidate()
+        finally:
+            self._probe_lock.release()
 
     # identities -----------------------------------------------------------------------------
     @property
@@ -588,6 +761,7 @@ class Service:
         if not self.audit.healthy():
             raise ServeError("the audit log cannot be written: queries are refused until it can", 503)
         t0 = time.perf_counter()
+        self._probe()
         who, kind = (ident.id, ident.kind) if ident else (who or "anonymous", "operator" if who else "")
         outcome, status, reason, rows = "ok", 200, "", 0
         try:
@@ -677,6 +851,20 @@ class Service:
         return self._audited(ident if protect else None, surface, f"metric:{metric}", dict(params), remote, run,
                              who=None if protect else OPERATOR)
 
+    def metric_body(self, ident: Identity, metric: str, params: Mapping[str, str], fmt: str,
+                    remote: str = "") -> bytes:
+        """``GET /v1/metrics/{metric}``: :meth:`metric` rendered as ``fmt`` (json, csv), the
+        rendering cached with the table (a repeated request is a lookup and an audit row)."""
+        def run() -> tuple[bytes, int, int]:
+            req = MetricRequest.parse(metric, params)
+
+            def build() -> tuple[bytes, int, int]:
+                t = self.metric_table(ident, req)
+                return t.render(fmt).encode(), len(t.rows), t.suppressed
+
+            return self.cache.get(("body", req.query, req.breakdown, ident.id, fmt), build, lambda b: b[1])
+        return self._audited(ident, "metric", f"metric:{metric}", dict(params), remote, run)
+
     def metric_table(self, ident: Identity, req: MetricRequest, protect: bool = True) -> Table:
         """The scoped, disclosure-controlled table (no audit: :meth:`metric` wraps it)."""
         sc = self.scope(ident) if protect else access.scope(Identity(access.NATIONAL, "operator"), access.EVERYWHERE)
@@ -693,7 +881,22 @@ class Service:
         if req.breakdown:
             return self._imd_table(sc, q, meta)
         full = queries.Query(q.metric, q.level, q.by, None, q.start, q.end)  # the COMPLETE table first
-        rows = queries.run(self.store, full)
+        own = ident.code if ident.kind == access.TRUST and q.level == "trust" else None
+        base = self.cache.get(("metric", full, own), lambda: self._protected(full, sc),
+                              lambda t: len(t.rows))
+        rows = base.rows
+        if sc.everywhere or q.level in access.COARSE_LEVELS:
+            keep = range(len(rows)) if q.code is None else [i for i, r in enumerate(rows) if r[0] == q.code]
+        else:
+            mine = sc.area.at(q.level)
+            keep = [i for i, r in enumerate(rows) if r[0] in mine and (q.code is None or r[0] == q.code)]
+        if isinstance(keep, range):
+            return Table(base.columns, rows, sum(base.hidden), meta)
+        return Table(base.columns, [rows[i] for i in keep], sum(base.hidden[i] for i in keep), meta)
+
+    def _protected(self, q: queries.Query, sc: Scope) -> ProtectedTable:
+        """Disclosure control over the whole table (only ``sc``'s exemption matters here)."""
+        rows = queries.run(self.store, q)
         spec = SPECS[q.metric]
         if q.level == "england":
             spec = replace(spec, groups=None)  # its rows are the published totals themselves
@@ -701,12 +904,11 @@ class Service:
         exempt = [sc.exempt(q.level, str(r[0])) for r in rows]
         xcols, xrows, xspec = self.with_parents(columns, rows, spec, lambda r: (q.level, str(r[0])))
         out = suppress(xcols, xrows, xspec, exempt)
-        keep = [i for i, r in enumerate(rows) if sc.allows(q.level, str(r[0])) and (q.code is None or r[0] == q.code)]
         width = len(columns)
-        shown = [out.rows[i][:width] for i in keep]
-        kept = set(keep)
-        hidden = sum(1 for i, _j in out.hidden if i in kept)
-        return Table(columns, shown, hidden, meta)
+        hidden = [0] * len(rows)
+        for i, _j in out.hidden:
+            hidden[i] += 1
+        return ProtectedTable(columns, [tuple(r[:width]) for r in out.rows], hidden)
 
     def with_parents(self, columns: tuple[str, ...], rows: Sequence[Sequence[Value]], spec: TableSpec,
                      where: Callable[[Sequence[Value]], tuple[str, str]],
@@ -743,11 +945,17 @@ class Service:
             where.append("month <= {hi:Date}")
             params["hi"] = q.end
         sql = f"SELECT * FROM {view}" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ALL"
-        res = self.store.query(sql, params)
         if not protect:
+            res = self.store.query(sql, params)
             return Table(tuple(res.columns), list(res.rows), 0, {**meta, "view": view})
-        out = suppress(res.columns, res.rows, SPECS[view])
-        return Table(tuple(res.columns), list(out.rows), len(out.hidden), {**meta, "view": view})
+
+        def build() -> Table:
+            res = self.store.query(sql, params)
+            out = suppress(res.columns, res.rows, SPECS[view])
+            return Table(tuple(res.columns), list(out.rows), len(out.hidden))
+
+        t = self.cache.get(("imd", sql, tuple(sorted(params.items()))), build, lambda t: len(t.rows))
+        return Table(t.columns, t.rows, t.suppressed, {**meta, "view": view})
 
     # incidents ----------------------------------------------------------------------------------
     def incidents(self, ident: Identity, params: Mapping[str, str], remote: str = "") -> Table:
@@ -822,48 +1030,55 @@ class Service:
         return self._evaluator
 
     def snapshot(self, view: str) -> ViewSnapshot:
-        """The whole view after disclosure control (cached ``snapshot_ttl`` seconds)."""
-        with self._snap_lock:
-            snap = self._snapshots.get(view)
-            if snap is not None and time.monotonic() - snap.taken < self.snapshot_ttl:
-                return snap
-            t0 = time.perf_counter()
-            columns, ch_types, _comment = self.views_meta()[view]
-            table = self.store.query_arrow(f"SELECT * FROM {view}")
-            rows = [tuple(r) for r in zip(*(table.column(i).to_pylist() for i in range(table.num_columns)),
-                                          strict=True)] if table.num_columns else []
-            spec = SPECS[view]
-            cols = tuple(table.column_names)
-            if spec.geo is not None:
-                level_col, code_col = spec.geo
-                ci = cols.index(code_col)
-                li = cols.index(level_col) if level_col else None
-                fixed = str(spec.level)
+        """The whole view after disclosure control (cached until the data change)."""
+        return self.cache.get(("view", view), lambda: self._snapshot(view), lambda v: len(v.rows))
 
-                def where(r: Sequence[Value]) -> tuple[str, str]:
-                    return (str(r[li]) if li is not None else fixed, str(r[ci]))
+    def _snapshot(self, view: str) -> ViewSnapshot:
+        t0 = time.perf_counter()
+        columns, ch_types, _comment = self.views_meta()[view]
+        table = self.store.query_arrow(f"SELECT * FROM {view}")
+        rows = [tuple(r) for r in zip(*(table.column(i).to_pylist() for i in range(table.num_columns)),
+                                      strict=True)] if table.num_columns else []
+        spec = SPECS[view]
+        cols = tuple(table.column_names)
+        if spec.geo is not None:
+            level_col, code_col = spec.geo
+            ci = cols.index(code_col)
+            li = cols.index(level_col) if level_col else None
+            fixed = str(spec.level)
 
-                xcols, xrows, xspec = self.with_parents(cols, rows, spec, where)
-            else:
-                xcols, xrows, xspec = cols, rows, spec
-            out = suppress(xcols, xrows, xspec)
-            protected = tuple(tuple(r[: len(cols)]) for r in out.masked(None))
-            snap = ViewSnapshot(view, tuple(table.column_names), ch_types, table.schema, protected,
-                                len(out.hidden), time.monotonic())
-            self._snapshots[view] = snap
-            self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
-            return snap
+            def where(r: Sequence[Value]) -> tuple[str, str]:
+                return (str(r[li]) if li is not None else fixed, str(r[ci]))
+
+            xcols, xrows, xspec = self.with_parents(cols, rows, spec, where)
+        else:
+            xcols, xrows, xspec = cols, rows, spec
+        out = suppress(xcols, xrows, xspec)
+        protected = tuple(tuple(r[: len(cols)]) for r in out.masked(None))
+        schema = pa.schema([f.with_nullable(True) for f in table.schema])
+        arrays = [pa.array([r[j] for r in protected], type=schema.field(j).type) for j in range(len(cols))]
+        snap = ViewSnapshot(view, cols, ch_types, table.schema, protected, len(out.hidden), time.monotonic(),
+                            pa.Table.from_arrays(arrays, schema=schema))
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+        return snap
 
     def _scoped_arrow(self, snap: ViewSnapshot, sc: Scope) -> pa.Table:
+        """The protected view cut to what ``sc`` may see (cached per view and identity)."""
+        whole = snap.table
+        assert whole is not None
         spec: TableSpec = SPECS[snap.name]
-        rows: Sequence[tuple[Value, ...]] = snap.rows
-        if spec.geo is not None and not sc.everywhere:
-            level_col, code_col = spec.geo
+        if spec.geo is None or sc.everywhere:
+            return whole
+        level_col, code_col = spec.geo
+
+        def build() -> pa.Table:
             ci = snap.columns.index(code_col)
             li = snap.columns.index(level_col) if level_col else None
-            rows = [r for r in rows if sc.allows(str(r[li]) if li is not None else str(spec.level), str(r[ci]))]
-        arrays = [pa.array([r[j] for r in rows], type=snap.schema.field(j).type) for j in range(len(snap.columns))]
-        return pa.Table.from_arrays(arrays, schema=pa.schema([f.with_nullable(True) for f in snap.schema]))
+            fixed = str(spec.level)
+            mask = [sc.allows(str(r[li]) if li is not None else fixed, str(r[ci])) for r in snap.rows]
+            return whole.filter(pa.array(mask, type=pa.bool_()))
+
+        return self.cache.get(("scoped", snap.name, snap.taken, sc.identity.id), build, lambda t: t.num_rows)
 
     def sql(self, ident: Identity, text: str, default_format: str | None, params: Mapping[str, str],
             remote: str = "") -> tuple[bytes, str, int]:
@@ -910,9 +1125,52 @@ class Service:
     def close(self) -> None:
         """Flush the audit log and close the service's connections (not the store it was given)."""
         self.audit.close()
+        self.cache.close()
         if self._evaluator is not None:
             self._evaluator.close()
         self.store.close()
+
+
+STORE_PROBE: Final = (
+    "SELECT table, sum(rows), max(modification_time), count() FROM system.parts "
+    "WHERE active AND database = currentDatabase() AND table != 'audit_log' GROUP BY table ORDER BY table")
+"""What the service asks a ClickHouse server to tell whether the data changed (new or merged parts)."""
+
+
+class InvalidatingStore:
+    """A store whose writes (insert, command) call ``changed`` afterwards: how the in-process sink
+    tells the service its cached tables are stale."""
+
+    def __init__(self, store: Store, changed: Callable[[], None]) -> None:
+        self.store, self.changed = store, changed
+        self.backend = store.backend
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        try:
+            self.store.command(sql, params)
+        finally:
+            self.changed()
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> Result:
+        return self.store.query(sql, params)
+
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+        return self.store.query_arrow(sql, params)
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
+        try:
+            return self.store.insert_arrow(table, data, dedup_token)
+        finally:
+            self.changed()
+
+    def close(self) -> None:
+        """The service closes the wrapped store."""
+
+    def __enter__(self) -> InvalidatingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _handshake(text: str) -> str | None:
@@ -994,6 +1252,56 @@ def _geography(geo_dir: Path) -> Geography:
     return _GEO_CACHE[geo_dir]
 
 
+# --- the fact sink in the service's process ------------------------------------------------------------
+
+
+class InProcessSink:
+    """``amb serve --with-sink``: the fact sink (sinks.sink.FactSink) on a thread of the process
+    that owns the chDB store, writing through :meth:`Service.writer`, so every load invalidates
+    the service's cached tables and new facts reach /v1/metrics without a second opener.
+
+    ``error`` holds what stopped the sink thread if it failed (the owner then stops serving)."""
+
+    def __init__(self, service: Service, bootstrap: str, topic: str, group: str, dlq_topic: str, *,
+                 batch_size: int = 20_000, batch_seconds: float = 1.0,
+                 echo: Callable[[str], None] = lambda _s: None, on_exit: Callable[[], None] | None = None) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        from sinks.sink import FactSink, consumer_config
+
+        self.topic = topic
+        self.consumer = Consumer(consumer_config(bootstrap, group))
+        self.producer = Producer({"bootstrap.servers": bootstrap, "log_level": 0})
+        self.consumer.subscribe([topic])
+        self.sink = FactSink(service.writer(), self.consumer, self.producer, dlq_topic, batch_size, batch_seconds,
+                             echo=echo)
+        self.error: BaseException | None = None
+        self._on_exit = on_exit
+        self._thread = threading.Thread(target=self._run, name="amb-serve-sink", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.sink.run()
+        except BaseException as exc:  # noqa: BLE001  (reported by the owner)
+            self.error = exc
+            log.error("in-process sink stopped: %s", exc)
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def start(self) -> InProcessSink:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the current batch (load, commit), then close the consumer and flush the DLQ producer."""
+        self.sink.stop()
+        self._thread.join(timeout)
+        with contextlib.suppress(Exception):
+            self.consumer.close()
+        self.producer.flush(30)
+
+
 # --- HTTP ------------------------------------------------------------------------------------------
 
 _CONTENT_TYPES: Final = {
@@ -1043,6 +1351,13 @@ def _ch_error(code: int, name: str, message: str, status: int) -> web.Response:
                         headers={"X-ClickHouse-Exception-Code": str(code)})
 
 
+CH_PARAMS: Final = frozenset({"query", "default_format", "database", "query_id", "session_id", "user", "password",
+                              "compress", "decompress", "enable_http_compression", "wait_end_of_query"})
+"""URL parameters of ClickHouse's HTTP interface: a GET / with any of them is SQL, not the web page."""
+AUTH_COOKIE: Final = "amb_token"
+"""The browser sign-in cookie (HttpOnly, SameSite=Strict) holding the caller's token."""
+
+
 class App:
     """The aiohttp application around a :class:`Service`; blocking work runs in a thread pool."""
 
@@ -1058,7 +1373,8 @@ class App:
             web.get("/v1/metrics/{metric}", self.metric),
             web.get("/v1/incidents", self.incidents),
             web.get("/v1/audit", self.audit),
-            web.get("/", self.clickhouse),
+            web.get("/", self.root),
+            web.get("/report/{tail:.*}", self.page),
             web.post("/", self.clickhouse),
         ])
         self.app.on_cleanup.append(self._cleanup)
@@ -1113,8 +1429,15 @@ class App:
     async def metric(self, request: web.Request) -> web.Response:
         metric = request.match_info["metric"]
         params = dict(request.query)
-        return await self._table(request, "metric", lambda ident: self.service.metric(
-            ident, metric, params, _remote(request)))
+        try:
+            fmt = params.get("format") or "json"
+            if fmt not in ("json", "csv"):
+                raise ServeError(f"format must be json or csv, not {fmt!r}")
+            ident = await self._identity(request, "metric")
+            body = await self._blocking(self.service.metric_body, ident, metric, params, fmt, _remote(request))
+        except ServeError as exc:
+            return _json_error(exc)
+        return web.Response(body=body, content_type="text/csv" if fmt == "csv" else "application/json")
 
     async def incidents(self, request: web.Request) -> web.Response:
         params = dict(request.query)
@@ -1125,6 +1448,65 @@ class App:
         params = dict(request.query)
         return await self._table(request, "audit", lambda ident: self.service.audit_log(
             ident, params, _remote(request)))
+
+    async def root(self, request: web.Request) -> web.Response:
+        """``GET /``: the ClickHouse interface when there is a ``query`` parameter (or another of
+        that interface's parameters: ``CH_PARAMS``), else the commissioner web page."""
+        if any(k in CH_PARAMS or k.startswith("param_") for k in request.query):
+            return await self.clickhouse(request)
+        return await self.page(request)
+
+    async def page(self, request: web.Request) -> web.Response:
+        """The commissioner web page (``amb.insight.web.handle``), imported on first use.
+
+        Browsers sign in with ``?token=...`` once: the token is checked and kept in an HttpOnly,
+        SameSite=Strict cookie (``AUTH_COOKIE``), which later requests send; the Authorization
+        header works too. An absent or unknown token gives the page ``None`` (it shows a sign-in
+        form); ``?token=`` (empty) signs out."""
+        import importlib
+
+        try:
+            insight_web = importlib.import_module("amb.insight.web")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("amb.insight", "amb.insight.web"):
+                raise
+            return web.Response(status=503, text="the commissioner web page (amb.insight.web) is not installed "
+                                "in this build; the API is at /v1/catalogue and /openapi.json\n")
+        params = {k: v for k, v in request.query.items() if k != "token"}
+        ident, cookie = await self._browser_identity(request)
+        status, ctype, body = await self._blocking(insight_web.handle, self.service, ident, request.path, params)
+        resp = web.Response(status=status, body=body, headers={"Content-Type": ctype,
+                                                               "Cache-Control": "no-store"})
+        if cookie == "":
+            resp.del_cookie(AUTH_COOKIE, path="/")
+        elif cookie is not None:
+            resp.set_cookie(AUTH_COOKIE, cookie, path="/", httponly=True, samesite="Strict",
+                            secure=request.secure, max_age=12 * 3600)
+        return resp
+
+    async def _browser_identity(self, request: web.Request) -> tuple[Identity | None, str | None]:
+        """(identity or None, cookie to set: the token, '' to clear, None to leave as is)."""
+        given = request.query.get("token")
+        if given is not None:
+            if not given:
+                return None, ""
+            ident = await self._try_token(request, given)
+            return ident, given if ident is not None else ""
+        _user, token = _credentials(request)
+        if token is None:
+            token = request.cookies.get(AUTH_COOKIE) or None
+        if token is None:
+            return None, None
+        ident = await self._try_token(request, token)
+        return ident, None if ident is not None else ""
+
+    async def _try_token(self, request: web.Request, token: str) -> Identity | None:
+        try:
+            return self.service.authenticate(token)
+        except Unauthenticated as exc:
+            await self._blocking(self.service.audit_refusal, "web", request.path[:2000], str(exc), 401,
+                                 _remote(request))
+            return None
 
     async def clickhouse(self, request: web.Request) -> web.Response:
         """ClickHouse's HTTP interface, the subset clickhouse-connect and curl use."""
@@ -1312,7 +1694,8 @@ def openapi_spec() -> dict[str, Any]:
             "/": {
                 "get": {"summary": "ClickHouse HTTP interface: one SELECT over your permitted views",
                         "operationId": "sqlGet",
-                        "parameters": [{"name": "query", "in": "query", "required": False, "schema": {"type": "string"}},
+                        "description": "Without a query parameter, GET / is the commissioner web page (HTML).",
+                        "parameters": [{"name": "query", "in": "query", "required": True, "schema": {"type": "string"}},
                                        {"name": "default_format", "in": "query", "required": False,
                                         "schema": {"type": "string", "enum": sorted(access.ALLOWED_FORMATS)}}],
                         "responses": {"200": {"description": "the result in the requested format",

@@ -11,9 +11,16 @@ same run on the same store:
 * clickhouse-connect ``SELECT icb, sum(incidents) ... FROM non_conveyance_icb_month GROUP BY icb``
   through the SQL endpoint (guard, protected view snapshot, chDB over Arrow, Native bytes passed
   through)  vs  the same SQL on the store directly;
+* the two GET workloads right after the data changed (``Service.invalidate``, as the in-process
+  sink does after each load): as served (stale while revalidate) and as a true cache miss
+  (``max_stale = 0``: the table is queried and protected again), one client;
 * one cold protected snapshot of the view (read + disclosure control)  vs  reading the view.
 
-    python bench/bench_serve.py [--quick] [--json PATH]      # --quick: 200k incidents; else 2M
+Repeated requests are answered from the service's cache (protected tables and rendered bodies,
+kept per store version), so the hot figures are the service's own overhead: authentication,
+lookup, audit row, HTTP.
+
+    python bench/bench_serve.py [--quick] [--json PATH] [--store DIR]   # --quick: 200k incidents; else 2M
 """
 
 from __future__ import annotations
@@ -88,26 +95,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200k incidents, fewer requests")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--store", type=Path, help="keep the loaded store here and reuse it on the next run")
     args = ap.parse_args()
     n = 200_000 if args.quick else 2_000_000
     per_client = 20 if args.quick else 100
 
     tmp = Path(tempfile.mkdtemp(prefix="amb-bench-serve-"))
-    store = ChdbStore(tmp / "chdb")
+    where = args.store or tmp / "chdb"
+    reuse = args.store is not None and (where / f"loaded-{n}").exists()
+    store = ChdbStore(where)
     results: list[dict[str, Any]] = []
     rows: list[tuple[str, str, str]] = []
     try:
-        mig.migrate(store)
-        mig.load_reference(store)
-        geo, rng = geography(), np.random.default_rng(7)
-        batch = 100_000
-        for first in tqdm(range(0, n, batch), desc="load facts", unit="batch", file=sys.stderr):
-            inc = facts(min(batch, n - first), first, geo, rng)
-            load_kind(store, INCIDENTS, inc, f"bench:{first}")
-            load_kind(store, HANDOVERS, handovers(inc), f"bench-h:{first}")
+        if not reuse:
+            mig.migrate(store)
+            mig.load_reference(store)
+            geo, rng = geography(), np.random.default_rng(7)
+            batch = 100_000
+            for first in tqdm(range(0, n, batch), desc="load facts", unit="batch", file=sys.stderr):
+                inc = facts(min(batch, n - first), first, geo, rng)
+                load_kind(store, INCIDENTS, inc, f"bench:{first}")
+                load_kind(store, HANDOVERS, handovers(inc), f"bench-h:{first}")
+            if args.store is not None:
+                (where / f"loaded-{n}").touch()
+        audit_before = int(store.query("SELECT count() FROM audit_log").scalar())
         reg = Registry((IDENT,), (TokenRecord("bench", IDENT.id, hash_token(TOKEN)),))
-        service = Service(store, reg, load_geography(ROOT / "data" / "geo"), b"k" * 32, audit_interval=1.0,
-                          snapshot_ttl=3600)
+        service = Service(store, reg, load_geography(ROOT / "data" / "geo"), b"k" * 32, audit_interval=1.0)
         server = Running(service, workers=CLIENTS).start()
         host, port = server.url.split("//")[1].split(":")
         conns: dict[int, http.client.HTTPConnection] = {}
@@ -147,10 +160,37 @@ def main() -> int:
             base = latencies(direct(metric), per_client)
             report(f"GET /v1/metrics/{metric} icb x month", served, base, calls)
 
+        rounds = 5 if args.quick else 10
+        for metric in ("dispositions", "response"):
+            # right after a load: as served (the previous answer while one rebuild runs, up to
+            # max_stale seconds), and with max_stale = 0 (every such request rebuilds: a true miss)
+            for label, max_stale in (("after a load", service.cache.max_stale), ("cold (cache miss)", 0.0)):
+                log(f"{metric}: one client, {rounds} requests each right after the data changed, {label}")
+                service.cache.max_stale = max_stale
+                go, base_go = http_get(f"/v1/metrics/{metric}?level=icb&by=month"), direct(metric)
+                cold_s: list[float] = []
+                cold_b: list[float] = []
+                for _ in range(rounds):
+                    service.invalidate()
+                    t0 = time.perf_counter()
+                    go(0)
+                    cold_s.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    base_go(0)
+                    cold_b.append(time.perf_counter() - t0)
+                    time.sleep(0.5)  # let the background rebuild finish
+                for stat, q in (("p50", 50), ("max", 100)):
+                    cv, cb = pct(cold_s, q), pct(cold_b, q)
+                    name = f"GET /v1/metrics/{metric} {label} {stat}"
+                    results.append({"name": name, "value": round(cv, 2), "unit": "ms", "baseline_value": round(cb, 2),
+                                    "baseline": "same query on chDB directly, one client"})
+                    rows.append((name, f"{cv:9.2f} ms", f"{cb:9.2f} ms"))
+            service.cache.max_stale = 2.0
+
         import clickhouse_connect
 
         t0 = time.perf_counter()
-        service._snapshots.clear()
+        service.invalidate()
         service.snapshot("non_conveyance_icb_month")
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -173,14 +213,17 @@ def main() -> int:
         server.stop()
         service.close()
         direct_store.close()
-        audited = int(store.query("SELECT count() FROM audit_log").scalar())
+        audited = int(store.query("SELECT count() FROM audit_log").scalar()) - audit_before
         results.append({"name": "audit rows written", "value": audited, "unit": "rows",
-                        "baseline": "requests made", "baseline_value": 3 * (calls + CLIENTS) + 1})
+                        "baseline": "requests made", "baseline_value": 3 * (calls + CLIENTS) + 4 * rounds})
     finally:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"bench_serve: {n:,} incidents, {CLIENTS} concurrent clients, {per_client} requests each")
+    import os
+
+    print(f"bench_serve: {n:,} incidents, {CLIENTS} concurrent clients, {per_client} requests each "
+          f"(load average {os.getloadavg()[0]:.1f})")
     width = max(len(r[0]) for r in rows)
     print(f"{'workload':<{width}}  {'through amb serve':>18}  {'chDB directly':>14}")
     for name, v, b in rows:

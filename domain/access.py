@@ -474,6 +474,8 @@ def check_sql(sql: str, permitted: Iterable[str]) -> CheckedSQL:
             raise SQLRefused(f"format {fmt} is not allowed; use one of {', '.join(sorted(ALLOWED_FORMATS))}",
                              UNKNOWN_FORMAT)
         toks = toks[:-2]
+    if not toks:
+        raise SQLRefused("empty query (only a FORMAT clause)", SYNTAX_ERROR)
     first = toks[0]
     if not (first.text == "(" or (first.kind == "word" and first.value in ("select", "with"))):
         raise SQLRefused(f"only SELECT queries are allowed (got {first.text[:30]!r})", READONLY)

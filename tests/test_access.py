@@ -29,6 +29,7 @@ HS = "handover_site_day"
 PERMITTED_VIEWS = frozenset({NC, HS})
 
 ATTACKS = [
+    "FORMAT JSON", " format TSV ;",  # nothing but a FORMAT clause (found by hypothesis)
     # other tables, other databases, system tables, in every quoting and case
     "SELECT * FROM incident_facts",
     "SELECT * FROM default.incident_facts",

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -452,6 +453,53 @@ def test_amb_query_goes_through_the_same_path_and_is_audited(env: Env) -> None:
     assert sorted(rows) == [("icb:QOP", "cli"), ("operator:local", "cli")]
 
 
+# --- the commissioner web page hook -------------------------------------------------------------------
+
+
+def test_the_web_page_hook_is_a_clear_503_until_the_page_module_exists(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "amb.insight.web", None)  # as if the module were absent
+    status, _, body = call(env, "/")
+    assert status == 503 and b"amb.insight.web" in body
+    # ClickHouse's interface is untouched: GET / with a query parameter is SQL
+    status, _, body = call(env, "/?query=SELECT+1", "icb")
+    assert status == 200 and body == b"1\n"
+
+
+def test_the_web_page_gets_the_identity_from_header_token_parameter_or_cookie(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def handle(service: Service, ident: Identity | None, path: str, params: Any) -> tuple[int, str, bytes]:
+        assert service is env.service
+        seen.append((ident, path, dict(params)))
+        return 200, "text/html; charset=utf-8", b"<p>hello</p>"
+
+    page = types.ModuleType("amb.insight.web")
+    page.handle = handle  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "amb.insight.web", page)
+    status, headers, body = call(env, "/")
+    assert status == 200 and body == b"<p>hello</p>" and headers["Content-Type"].startswith("text/html")
+    assert seen[-1] == (None, "/", {})
+    assert call(env, "/report/icb/QOP?month=2026-05", "icb")[0] == 200
+    assert seen[-1] == (IDENTITIES["icb"], "/report/icb/QOP", {"month": "2026-05"})
+    # ?token= signs a browser in: the identity now, and an HttpOnly SameSite=Strict cookie for later
+    status, headers, _ = call(env, f"/?token={env.tokens['rx7']}&tab=handover")
+    assert seen[-1] == (IDENTITIES["rx7"], "/", {"tab": "handover"})  # the token is not passed on
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith(f"amb_token={env.tokens['rx7']};") and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie and "Path=/" in cookie
+    call(env, "/report/x", headers={"Cookie": f"amb_token={env.tokens['rx7']}"})
+    assert seen[-1][0] == IDENTITIES["rx7"]
+    # a wrong token (parameter or cookie) is no identity, and the cookie is cleared
+    status, headers, _ = call(env, "/?token=amb_wrong")
+    assert status == 200 and seen[-1][0] is None and "amb_token=\"\"" in headers["Set-Cookie"]
+    call(env, "/", headers={"Cookie": "amb_token=amb_wrong"})
+    assert seen[-1][0] is None
+    # ?token= (empty) signs out
+    _, headers, _ = call(env, "/?token=", headers={"Cookie": f"amb_token={env.tokens['rx7']}"})
+    assert seen[-1][0] is None and "Max-Age=0" in headers["Set-Cookie"]
+
+
 # --- tokens, identities file, server DDL ---------------------------------------------------------------
 
 
@@ -494,13 +542,19 @@ def test_the_rbac_ddl_parses_and_the_committed_file_is_current(env: Env, tmp_pat
 
 # --- `amb serve` as a process ----------------------------------------------------------------------------
 
-CLI = ("import sys, click\nfrom amb.commands import db, serve, token, audit\n"
+CLI = ("import sys, click\nfrom amb.commands import db, serve, token, audit, query\n"
        "@click.group()\ndef cli(): pass\n"
-       "for m in (db, serve, token, audit): cli.add_command(m.command)\n"
+       "for m in (db, serve, token, audit, query): cli.add_command(m.command)\n"
        "cli.main(sys.argv[1:])\n")
+SEED = ("import sys\nsys.path.insert(0, 'tests')\nfrom serve_data import dataset\nfrom sinks.store import ChdbStore\n"
+        "from sinks.loader import load_facts\nfrom amb.identities import issue\nfrom domain.access import Identity\n"
+        "s = ChdbStore(sys.argv[1] + '/chdb'); load_facts(s, 'seed', *dataset()); s.close()\n"
+        "from pathlib import Path\nprint(issue(Path(sys.argv[1]) / 'identities.toml', Identity('icb', 'QYG'))[0])\n")
 
 
 def test_amb_serve_owns_the_store_answers_and_stops_cleanly(tmp_path: Path) -> None:
+    """And `amb query` gives the same table locally (the service's code path, in its own process)
+    as through the running service (--url), as the identity or the token's identity."""
     env = {"AMB_DATA_DIR": str(tmp_path), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
 
     def amb(*args: str) -> subprocess.CompletedProcess[str]:
@@ -508,9 +562,18 @@ def test_amb_serve_owns_the_store_answers_and_stops_cleanly(tmp_path: Path) -> N
                               env=env, timeout=300)
 
     assert amb("db", "migrate").returncode == 0
+    seeded = subprocess.run([sys.executable, "-c", SEED, str(tmp_path)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert seeded.returncode == 0, seeded.stderr
+    icb_tok = seeded.stdout.strip()
     issued = amb("token", "issue", "--identity", "admin:ops")
     assert issued.returncode == 0, issued.stderr
     tok = issued.stdout.strip()
+    ask = ("query", "dispositions", "--level", "lad", "--format", "json")
+    local = amb(*ask, "--identity", "icb:QYG")
+    assert local.returncode == 0, local.stderr
+    local_rows = json.loads(local.stdout)
+    assert local_rows and any(SUPPRESSED in r.values() for r in local_rows)  # the analyst's view, not exact
     proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
@@ -526,6 +589,9 @@ def test_amb_serve_owns_the_store_answers_and_stops_cleanly(tmp_path: Path) -> N
         via = amb("audit", "--url", url, "--token", tok, "--format", "csv")
         assert via.returncode == 0, via.stderr
         assert "identity" in via.stdout.splitlines()[0]
+        remote = amb(*ask, "--url", url, "--token", icb_tok)
+        assert remote.returncode == 0, remote.stderr
+        assert json.loads(remote.stdout) == local_rows
         assert (tmp_path / "pseudonym.key").stat().st_mode & 0o077 == 0
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -534,6 +600,7 @@ def test_amb_serve_owns_the_store_answers_and_stops_cleanly(tmp_path: Path) -> N
     assert "stopped" in out
     after = amb("audit", "--format", "csv")
     assert after.returncode == 0 and "admin:ops,audit" in after.stdout
+    assert "icb:QYG,cli,metric:dispositions" in after.stdout and "icb:QYG,metric,metric:dispositions" in after.stdout
 
 
 # --- OpenAPI fuzz (schemathesis): no request the spec allows, or nearly allows, gets a 500 -------------
@@ -556,7 +623,60 @@ if schemathesis is not None:
     @hsettings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     def test_openapi_fuzz_finds_no_server_errors(case: Any, env: Env) -> None:
         response = case.call(base_url=env.url, headers={"Authorization": f"Bearer {env.tokens['analytics']}"})
+        if response.status_code == 503 and response.content.startswith(b"the commissioner web page (amb.insight.web) "
+                                                                        b"is not installed"):
+            return  # GET / without SQL is the web page, absent until amb.insight.web is written
         case.validate_response(response, checks=[not_a_server_error])
 else:  # pragma: no cover
     def test_openapi_fuzz_finds_no_server_errors() -> None:
         pytest.fail("schemathesis is not installed: pip install -e '.[dev]' (it is a dev extra)")
+
+
+# --- the result cache ------------------------------------------------------------------------------------
+
+
+def test_the_cache_serves_a_stale_entry_briefly_while_one_rebuild_runs_then_the_new_one() -> None:
+    from amb.serve import Cache
+
+    cache = Cache(max_stale=60)
+    builds: list[int] = []
+
+    def build(value: int) -> Any:
+        def go() -> int:
+            builds.append(value)
+            return value
+        return go
+
+    assert cache.get("k", build(1), lambda _v: 1) == 1
+    assert cache.get("k", build(99), lambda _v: 1) == 1 and builds == [1]  # a hit
+    cache.invalidate()
+    assert cache.get("k", build(2), lambda _v: 1) == 1  # stale, and a rebuild starts
+    deadline = time.monotonic() + 30
+    while cache.get("k", build(3), lambda _v: 1) != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert builds == [1, 2]
+    cache.close()
+    strict = Cache(max_stale=0)
+    assert strict.get("k", build(1), lambda _v: 1) == 1
+    strict.invalidate()
+    assert strict.get("k", build(2), lambda _v: 1) == 2  # no staleness allowed: rebuilt at once
+
+
+def test_a_cached_table_reads_nested_cached_tables_fresh_not_stale() -> None:
+    from amb.serve import Cache
+
+    cache = Cache(max_stale=60)
+    data = {"v": 1}
+
+    def outer() -> int:
+        return 10 * cache.get("inner", lambda: data["v"], lambda _v: 1)
+
+    assert cache.get("outer", outer, lambda _v: 1) == 10
+    data["v"] = 2
+    cache.invalidate()
+    cache.get("outer", outer, lambda _v: 1)  # stale answer; the rebuild must see inner's new value
+    deadline = time.monotonic() + 30
+    while cache.get("outer", outer, lambda _v: 1) != 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
