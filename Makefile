@@ -34,6 +34,13 @@ system-deps:
 	else echo "WARNING: prometheus not installed and apt/root unavailable: Prometheus parts will be skipped"; fi
 	@command -v java >/dev/null || { echo "error: java (17+) not found: install a JDK (apt-get install openjdk-17-jre-headless)"; exit 2; }
 	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install maven)"; exit 2; }
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium (the web page's browser test)"; \
+	  apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null) || \
+	  echo "WARNING: chromium not installed: the web page browser test will be skipped"; \
+	else echo "WARNING: chromium not installed and apt/root unavailable: the web page browser test will be skipped"; fi
 
 setup: $(STAMP) system-deps
 	$(AMB) stack install

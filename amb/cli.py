@@ -19,6 +19,7 @@ from amb.commands import (
     live,
     publish,
     query,
+    report,
     serve,
     simulate,
     sink,
@@ -54,7 +55,7 @@ def cli() -> None:
 
 
 for _module in (stack, geo, simulate, publish, dlq, worker, live, sink, db, query, serve, token, audit, trust, demo,
-                config_cmd, alerts, forecast):
+                config_cmd, alerts, forecast, report):
     cli.add_command(_module.command)
 
 

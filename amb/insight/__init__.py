@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from domain.icb_report import Context, Figures, disclose
+
+if TYPE_CHECKING:
+    from amb.insight.report import Period
 
 
 @dataclass(frozen=True)
@@ -14,7 +18,7 @@ class BuiltReport:
     """One ICB's report: the raw figures, the published (disclosure-controlled) ones and how to show them."""
 
     ctx: Context
-    period: object  # amb.insight.report.Period
+    period: Period
     ods: str
     raw: Figures
     published: Figures

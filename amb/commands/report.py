@@ -1,0 +1,78 @@
+"""`amb report icb`: an ICB's commissioner report (standards against region, England and peers,
+cross-border flows, inequalities, 111, data quality) as one self-contained HTML file and a terminal
+summary, from the store, disclosure-controlled."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+
+from amb import config
+from amb.errors import AmbError
+from sinks import migrate as mig
+from sinks.store import StoreBusyError, opened
+
+
+def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param=param) from None
+
+
+@click.group("report", help="""Commissioner reports from the store.
+
+\b
+Example:
+  amb report icb QOP --period 2026-10
+""")
+def command() -> None:
+    pass
+
+
+@command.command("icb", help="""One ICB's report for a month or a date range: every standard (non-conveyance
+and its parts, C1-C4 response mean and 90th centile, handover mean, 90th, over 30 and 60 minutes,
+hours lost) against its region, England and the region's other ICBs; the trusts serving it and the
+hospital sites its patients go to; the host trust's handover delays by ICB; every figure by IMD
+decile; NHS 111 calls and what became of them; data quality by trust; daily SPC charts.
+
+Writes one self-contained HTML file (inline SVG charts, no external assets) and prints a summary.
+Published figures follow the disclosure rules (counts of 1-7 and figures on fewer than 8 records
+shown as *).
+
+ICB: an ODS code (QOP) or ONS code (E54000057).
+
+\b
+Example:
+  amb report icb QOP --period 2026-10
+  amb report icb E54000057 --from 2026-10-01 --to 2026-10-14 --out qop.html
+""")
+@click.argument("icb")
+@click.option("--period", default=None, metavar="YYYY-MM", help="A calendar month (Europe/London).")
+@click.option("--from", "start", callback=_date, default=None, help="First clock-start date (YYYY-MM-DD).")
+@click.option("--to", "end", callback=_date, default=None, help="Last clock-start date, inclusive.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write. Default: report-<ICB ODS>-<period>.html in the current directory.")
+def icb_command(icb: str, period: str | None, start: date | None, end: date | None, out: Path | None) -> None:
+    from amb.insight import build_report
+
+    settings = config.load()
+    if not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
+        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
+    try:
+        with opened(settings) as store:
+            pending = mig.pending(store, mig.load())
+            if pending:
+                raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): "
+                               "run `amb db migrate`")
+            built = build_report(store, icb, period, start, end, settings.geo_data_dir)
+    except StoreBusyError as exc:
+        raise AmbError(f"{exc}; while `amb serve` runs, open the report page it serves at /") from None
+    path = out or Path(f"report-{built.ods or built.ctx.icb}-{built.period.label.replace(' ', '_')}.html")
+    path.write_text(built.html(), encoding="utf-8")
+    click.echo(built.text())
+    click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
