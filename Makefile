@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 AMB := $(BIN)/amb
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps test lint typecheck unit demo bench chaos clean stack-down
+.PHONY: help setup system-deps test lint typecheck unit demo bench chaos fuzz clean stack-down
 
 help:
 	@echo "make demo   - set up everything, start the stack and run the platform end to end"
 	@echo "make test   - set up everything and run lint, type checks and the full test suite"
 	@echo "make bench  - run every benchmark in bench/ and write bench/results.md"
+	@echo "make chaos  - the full chaos suite: kill -9, broker restarts, two workers; store == oracle"
+	@echo "make fuzz   - atheris fuzzing of the decoders, parsers and the SQL guard"
 	@echo "make clean  - stop the local stack and remove .amb/ and .venv/"
 
 $(STAMP): pyproject.toml
@@ -58,6 +60,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+chaos: setup
+	$(BIN)/python tests/chaos/run_chaos.py
+
+fuzz: setup
+	$(BIN)/python tests/fuzz/atheris_targets.py --all -runs=200000 -max_len=512
 
 stack-down:
 	-$(AMB) stack down

@@ -9,6 +9,7 @@ import click
 from amb import __version__
 from amb.commands import (
     alerts,
+    archive,
     audit,
     config_cmd,
     db,
@@ -19,6 +20,8 @@ from amb.commands import (
     live,
     publish,
     query,
+    rebuild,
+    reconcile,
     report,
     serve,
     simulate,
@@ -55,7 +58,7 @@ def cli() -> None:
 
 
 for _module in (stack, geo, simulate, publish, dlq, worker, live, sink, db, query, serve, token, audit, trust, demo,
-                config_cmd, alerts, forecast, report):
+                config_cmd, alerts, forecast, report, archive, rebuild, reconcile):
     cli.add_command(_module.command)
 
 
