@@ -212,7 +212,9 @@ def main() -> None:
             store.command(f"OPTIMIZE TABLE {t} FINAL")
 
         icb = str(store.query("SELECT icb FROM incident_facts LIMIT 1").scalar())
-        lsoa = str(store.query("SELECT lsoa FROM incident_facts LIMIT 1").scalar())
+        # an LSOA with incidents in the month queried (a random one may have none at small n)
+        lsoa = str(store.query("SELECT lsoa FROM incident_facts FINAL WHERE month_ms = {m:Int64} LIMIT 1",
+                               {"m": periods(START_MS + 200 * 86_400_000)[3]}).scalar())
         year = (date(2025, 4, 1), date(2026, 3, 31))
         month = (date(2025, 10, 1), date(2025, 10, 31))
         cases = [

@@ -229,8 +229,10 @@ def reference_loaded(store: Store) -> bool:
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "deploy" / "clickhouse" / "cluster"
 CLUSTER = "'{cluster}'"
-#: Tables every shard holds in full (small references and the migration record), not sharded.
-CLUSTER_GLOBAL = frozenset({"imd_lsoa21", MIGRATIONS_TABLE})
+#: Tables every shard holds in full (small references, the migration record, and the loader's
+#: journal and staging, which the one loader reads back whole), not sharded.
+CLUSTER_GLOBAL = frozenset({"imd_lsoa21", MIGRATIONS_TABLE, "load_journal", "incident_changes_staged",
+                            "handover_changes_staged", "call_changes_staged"})
 #: Fact tables are sharded by ``cityHash64(trust, <id>)``: all versions of an incident (and each
 #: -1/+1 pair) on one shard, so FINAL, ReplacingMergeTree and VersionedCollapsingMergeTree work
 #: shard-locally. Rollups (only written by materialised views) by ``rand()``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,88 @@ def test_the_sink_loads_from_kafka_once_and_a_full_replay_changes_nothing(
     reader.close()
     assert len(got) == 2  # once per run: the DLQ keeps what each run refused
     assert dict(got[0].headers())[H_REASON] == b"undecodable" and got[0].value() == b"\x00garbage"
+
+
+# --- kill -9 of `amb sink` mid-batch ------------------------------------------------------------------
+
+
+def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Messages the sink group has committed on ``topic`` (sum over partitions)."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    c = Consumer(consumer_config(bootstrap, group))  # never subscribes: only reads the group's offsets
+    try:
+        for _ in range(60):  # the group's coordinator may still be loading (NOT_COORDINATOR)
+            try:
+                got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+                return sum(max(tp.offset, 0) for tp in got)
+            except KafkaException:
+                time.sleep(0.5)
+        raise AssertionError(f"could not read the committed offsets of {group}")
+    finally:
+        c.close()
+
+
+@pytest.mark.kafka
+def test_kill_9_mid_batch_then_a_restart_cut_differently_and_a_full_replay_equal_the_oracle(
+    stack_settings: Any, tmp_path: Path,
+) -> None:
+    """`amb sink` as a subprocess, SIGKILLed while it loads (most of its time is inside a load: a
+    batch is 5 store statements per kind), restarted with another batch size (so the replayed
+    batches are cut differently), then a full replay from offset 0 under a new group: every table
+    equals the batch oracle. The test process reads the store only once the sink has exited."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import uuid
+
+    from amb.config import to_environ
+    from amb.topics import ensure_topics, incident_facts_topic, project_topics
+
+    s = dataclasses.replace(stack_settings, topic_prefix=f"k{uuid.uuid4().hex[:10]}", data_dir=tmp_path)
+    ensure_topics(s.bootstrap, project_topics(s))
+    topic = incident_facts_topic(s)
+    msgs = fact_messages(EXAMPLE)
+    rnd = random.Random(9)
+    resent = msgs + rnd.sample(msgs, len(msgs) // 2)  # the worker re-sends after its own restarts
+    producer = Producer({"bootstrap.servers": s.bootstrap, "log_level": 0})
+    for k, v in resent:
+        producer.produce(topic, v, k)
+    assert producer.flush(30) == 0
+    parts = len(producer.list_topics(topic, timeout=10).topics[topic].partitions)
+    assert parts > 1
+    amb = ("from amb import cli; from amb.commands import sink; "
+           "cli.cli.commands.get('sink') or cli.cli.add_command(sink.command); cli.main()")
+    group = f"{s.topic_prefix}-sink"
+
+    def sink(*args: str) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"sink-{time.monotonic_ns()}.log").open("w")
+        return subprocess.Popen([sys.executable, "-c", amb, "sink", "--metrics-port", "0", *args],
+                                env=to_environ(s), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    for batch in ("3",):
+        proc = sink("--batch-size", batch, "--batch-seconds", "0.05")
+        try:
+            start, deadline = _committed(s.bootstrap, group, topic, parts), time.monotonic() + 90
+            while _committed(s.bootstrap, group, topic, parts) <= start + 3:  # a batch or two in
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    f"the sink made no progress: {_committed(s.bootstrap, group, topic, parts)} committed\n"
+                    + "".join(p.read_text()[-2000:] for p in tmp_path.glob("sink-*.log")))
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    done = _committed(s.bootstrap, group, topic, parts)
+    assert done < len(resent)  # killed before the end
+    # the restart resumes from the last commit (it waits out the dead member's 10 s session first)
+    last = sink("--batch-size", "9", "--max-messages", str(len(resent) - done))
+    assert last.wait(180) == 0
+    assert _committed(s.bootstrap, group, topic, parts) == len(resent)
+    replay = sink("--batch-size", "13", "--max-messages", str(len(resent)), "--group", f"{group}-replay")
+    assert replay.wait(180) == 0
+    with ChdbStore(s.chdb_dir) as store:
+        assert tables(store) == expected()
+        from sinks.loader import check
+
+        assert check(store) == []

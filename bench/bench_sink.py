@@ -1,0 +1,122 @@
+"""Sink throughput: decoding fact messages and loading them (sinks/loader.py) into chDB.
+
+Two figures, each next to a baseline measured in the same run on the same rows:
+
+* decode: the sink's columnar decoder (``loader.decode_columns``: one pyarrow.json call per
+  partition batch) vs one ``fact_codec.decode`` per message plus ``to_arrow`` (the fallback path);
+* load: ``load_kind`` (crash-safe staging, version lookup, signed changes feeding the rollups'
+  materialised views, facts) vs one bare Arrow insert of the same table into a table with the
+  facts' columns and engine; with the share of the load time each step takes (statement timings).
+
+    python bench/bench_sink.py [--quick] [--n N] [--json PATH]      # default 1M facts; --quick 200k
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from bench_store import START_MS, YEAR_MS, facts, geography, log  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from domain.facts import IncidentFact  # noqa: E402
+from sinks import migrate as mig  # noqa: E402
+from sinks.loader import INCIDENTS, decode_columns, load_kind, to_arrow  # noqa: E402
+from sinks.store import ChdbStore  # noqa: E402
+from streams import fact_codec  # noqa: E402
+
+BATCH = 50_000
+STEPS = {"SELECT `trust`": "version lookup", "INSERT INTO incident_changes_staged": "staging insert",
+         "INSERT INTO incident_changes ": "changes + 3 rollup views", "INSERT INTO incident_facts": "facts insert",
+         "TRUNCATE": "commit (truncate staging)", "SELECT load_id": "recovery check"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="200k facts instead of 1M")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    n = args.n or (200_000 if args.quick else 1_000_000)
+    rng = np.random.default_rng(3)
+    geo = geography()
+    results: list[dict[str, Any]] = []
+
+    def result(name: str, value: float, unit: str, baseline: str, baseline_value: float) -> None:
+        results.append({"name": name, "value": value, "unit": unit, "baseline": baseline,
+                        "baseline_value": baseline_value})
+
+    log("decoding: columnar vs one message at a time")
+    sample = facts(min(n, 100_000), 0, geo, rng)
+    values = [fact_codec.encode_incident(IncidentFact(**r), None) for r in sample.to_pylist()]
+    t = time.perf_counter()
+    cols = decode_columns(values)
+    columnar = time.perf_counter() - t
+    t = time.perf_counter()
+    one = to_arrow(INCIDENTS, [fact_codec.decode(v).incident for v in values])
+    each = time.perf_counter() - t
+    assert cols is not None and cols[INCIDENTS.name].equals(one)
+    result("decode fact messages -> Arrow (decode_columns)", len(values) / columnar, "rows/s",
+           "fact_codec.decode per message + to_arrow", len(values) / each)
+
+    tmp = Path(tempfile.mkdtemp(prefix="amb-bench-sink-"))
+    store = ChdbStore(tmp / "chdb")
+    spent: collections.defaultdict[str, float] = collections.defaultdict(float)
+    run = store._run
+
+    def timed_run(sql: str, params: Any, fmt: str) -> Any:
+        t = time.perf_counter()
+        try:
+            return run(sql, params, fmt)
+        finally:
+            step = next((v for k, v in STEPS.items() if sql.startswith(k)), "other")
+            spent[step] += time.perf_counter() - t
+
+    try:
+        mig.migrate(store)
+        store.command(mig.load()[0].up[1].replace("incident_facts", "bare_facts", 1))
+        store._run = timed_run  # type: ignore[method-assign]
+        bare_s = load_s = 0.0
+        step = YEAR_MS * BATCH // n
+        for first in tqdm(range(0, n, BATCH), unit="batch", file=sys.stderr):
+            batch = facts(min(BATCH, n - first), first, geo, rng,
+                          span=(START_MS + step * (first // BATCH), step)).combine_chunks()
+            t = time.perf_counter()
+            store.insert_arrow("bare_facts", batch, f"bare:{first}")
+            bare_s += time.perf_counter() - t
+            spent.pop("other", None)
+            t = time.perf_counter()
+            load_kind(store, INCIDENTS, batch, f"load:{first}")
+            load_s += time.perf_counter() - t
+        result(f"load_kind, batches of {BATCH:,}", n / load_s, "rows/s",
+               "bare Arrow insert of the same tables", n / bare_s)
+        python_s = load_s - sum(spent.values())
+        for name, secs in [*sorted(spent.items(), key=lambda kv: -kv[1]), ("Python (plan, Arrow joins)", python_s)]:
+            result(f"  share of load time: {name}", 100 * secs / load_s, "%", "", float("nan"))
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"bench_sink: {n:,} incident facts, chDB {__import__('chdb').engine_version}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'figure':<56} {'value':>12} {'unit':<7} {'baseline':>12}  baseline")
+    for r in results:
+        print(f"{r['name']:<56} {r['value']:>12,.1f} {r['unit']:<7} {r['baseline_value']:>12,.1f}  {r['baseline']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
