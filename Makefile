@@ -17,10 +17,12 @@ help:
 	@echo "make fuzz   - atheris fuzzing of the decoders, parsers and the SQL guard"
 	@echo "make clean  - stop the local stack and remove .amb/ and .venv/"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml native/Cargo.toml native/src/lib.rs
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@PATH="$$HOME/.cargo/bin:$$PATH"; if command -v cargo >/dev/null; then $(BIN)/pip install -q ./native; \
+	else echo "WARNING: cargo not found: amb_native not built; amb publish reads CSV row by row"; fi
 	@touch $(STAMP)
 
 # Debian's prometheus (server + promtool) for the local stack and rule tests. Skipped, loudly,

@@ -162,6 +162,10 @@ def test_100k_row_csv_with_1pct_bad_rows(
         now = int(time.time() * 1000)
         good, bad = build_csv(tmp_path / "export.csv", 100_000, 100, now)
         assert len(good) == 99_000 and len(bad) == 1_000
+        from amb import columnar
+
+        if columnar.load_native() is not None:  # then this run takes the columnar fast path
+            assert not isinstance(columnar.read_csv((tmp_path / "export.csv").read_bytes()), tuple)
         env = {**os.environ, "AMB_BOOTSTRAP_SERVERS": kafka_bootstrap, "AMB_TOPIC_PREFIX": prefix,
                "AMB_SCHEMA_REGISTRY_URL": ""}
         proc = subprocess.run(
