@@ -33,6 +33,7 @@ import json
 import logging
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -456,6 +457,29 @@ class _CountingReader(io.RawIOBase):
         return n
 
 
+class _Gunzip(io.RawIOBase):
+    """A gzip stream whose damage (truncated, corrupt, not gzip at all) is one clear AmbError naming
+    the file, not EOFError or zlib.error from deep inside a reader."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.gz = gzip.GzipFile(fileobj=stream)
+        self.name_ = name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self.gz.readinto(buffer)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise AmbError(f"{self.name_} is not a readable gzip file ({exc or type(exc).__name__}): "
+                           "re-export or re-copy it") from None
+
+    def close(self) -> None:
+        self.gz.close()
+        super().close()
+
+
 class _Chain(io.RawIOBase):
     """Bytes already read, then the rest of the stream: a file read twice without seeking."""
 
@@ -505,7 +529,7 @@ class RecordFile:
         stream: Any = io.BufferedReader(self._counter, 1 << 16)
         suffixes = [x.lower() for x in self.path.suffixes]
         if suffixes[-1:] == [".gz"] or stream.peek(2)[:2] == b"\x1f\x8b":
-            stream = io.BufferedReader(gzip.GzipFile(fileobj=stream), 1 << 16)
+            stream = io.BufferedReader(_Gunzip(stream, self.name), 1 << 16)
             suffixes = suffixes[:-1]
         self._stream = stream
         self.format = fmt if fmt != "auto" else self._detect(suffixes)
