@@ -14,6 +14,12 @@ several rounds:
   the same pipeline folding each incident once with ``reference_state`` over its sorted events
   (ratio near 1: the fold is a small part; rolling ~50 cells per incident up is the cost).
 
+- the worker's batch step (``streams.pipeline.BatchStep``: decode, validate, fold, attribute,
+  facts, state rows into a dict) on the same events as Avro messages in 2000-message batches,
+  against the same step writing the previous release's rows (state format 1, a JSON dict) and
+  encoding facts with ``json`` over dicts: what the row format and the generated fact encoders
+  buy (the loop itself is the same in both).
+
 The naive per-event baseline is measured on the first 100k events (its cost per event does not
 grow with the total: incidents are small). Sizes: 1M events (``--quick``: 100k).
 """
@@ -185,6 +191,32 @@ def oracle_naive(events: list[Event], attributor: DictAttributor, hierarchy: Dic
     rollup(facts.incidents, facts.handovers, facts.calls)
 
 
+def batch_step_rate(events: list[Event], att: DictAttributor, hier: DictHierarchy, previous: bool) -> float:
+    """Events per CPU-second of BatchStep.process; ``previous``: with the previous release's
+    encodings (format-1 state rows, json fact encoding) patched in."""
+    from unittest import mock
+
+    from amb.codec import default_codec
+    from streams import fact_codec, pipeline, state
+    from streams.live import LiveView
+
+    codec, now = default_codec(), START_MS + 30 * 86_400_000
+    msgs = [pipeline.InMessage(f"amb.events.{e.trust}", i % 8, i, e.key.encode(), codec.encode(e, now))
+            for i, e in enumerate(events)]
+
+    def run() -> None:
+        step = pipeline.BatchStep(att, hier, pipeline.DictStore(), live=LiveView())
+        for i in range(0, len(msgs), 2000):
+            step.process(msgs[i:i + 2000], now)
+
+    if not previous:
+        return cpu_rate(len(msgs), run, 2)
+    with mock.patch.object(pipeline, "encode_record", state.encode_record_v1), \
+            mock.patch.object(fact_codec, "encode_incident", fact_codec.encode_incident_json), \
+            mock.patch.object(fact_codec, "encode_call", fact_codec.encode_call_json):
+        return cpu_rate(len(msgs), run, 2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100k events instead of 1M")
@@ -205,6 +237,9 @@ def main() -> int:
         ("reducer update (in place)", cpu_rate(n, lambda: reduce_update(events), rounds),
          "naive: re-sort and recompute per event", naive),
     ]
+    step_events = events[: min(n, 200_000)]
+    figures.append(("worker batch step (2000-message batches)", batch_step_rate(step_events, att, hier, False),
+                    "batch step with format-1 rows and json facts", batch_step_rate(step_events, att, hier, True)))
     naive_oracle = cpu_rate(n, lambda: oracle_naive(events, att, hier), 1)
     t = time.process_time()
     report = compute(events, att, hier)  # one run only: a 1M-event report holds millions of rows

@@ -14,8 +14,13 @@ consumer group); publishing is not timed. Then, in the same run:
 * baseline: raw confluent-kafka consume of the same topics (the ceiling of reading them at all);
 * the batch step alone, in process, on the same bytes (decode -> validate -> fold -> attribute
   -> facts, no Kafka), per second of CPU time: the ceiling of this Python for one process;
+* the worker's CPU: events per CPU-second of the worker process (user + system, from its rusage,
+  less that of the same worker started on empty topics: start-up, the --timeout wait, shut-down),
+  which other people's load on a shared machine changes much less than the wall-clock rate;
+* ``amb worker --batch-size 10000``: bigger take() batches, same feed;
 * worker RSS holding 100k incident states (1M without ``--quick``), against the same worker's RSS
-  with no state (from its own process_resident_memory_bytes).
+  with no state (from its own process_resident_memory_bytes). bench/bench_state_rss.py measures
+  1M and 10M states without Kafka.
 
 The target is 50,000 events/s; the table says how far each contestant is from it.
 """
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -97,6 +104,7 @@ def run_worker(s: Settings, workdir: Path, *args: str, sample_rss: bool = False)
     log_path = workdir / f"worker-{uuid.uuid4().hex[:6]}.log"
     argv = [sys.executable, "-c", AMB, "worker", "--worker-id", uuid.uuid4().hex[:6], "--workers-dir", str(workdir),
             "--metrics-port", str(port), "--web-port", "0", "--timeout", "5", *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log_path.open("w") as err:
         proc = subprocess.Popen(argv, env=to_environ(s), stdout=subprocess.DEVNULL, stderr=err)
         rss: list[tuple[float, float]] = []  # (states, bytes)
@@ -106,13 +114,19 @@ def run_worker(s: Settings, workdir: Path, *args: str, sample_rss: bool = False)
                 if "process_resident_memory_bytes" in m:
                     rss.append((m.get("amb_worker_state_incidents", 0.0), m["process_resident_memory_bytes"]))
             time.sleep(0.5)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker is reaped: its CPU is in here
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"worker failed ({proc.returncode}):\n{text[-3000:]}")
-    line = [ln for ln in text.splitlines() if " messages in " in ln][-1]
+    lines = [ln for ln in text.splitlines() if " msg/s while busy" in ln]
+    if not lines:  # nothing to read (the idle run that measures start-up and shut-down CPU)
+        return {"summary": "no messages", "rate": 0.0, "rss": rss, "wait_us": 0.0, "process_us": 0.0,
+                "send_us": 0.0, "cpu_s": cpu, "messages": 0.0}
+    line = lines[-1]
     return {"summary": line.split(": ", 1)[1], "rate": _num(line, " msg/s while busy"), "rss": rss,
             "wait_us": _num(line, " us waiting"), "process_us": _num(line, " us processing"),
-            "send_us": _num(line, " us sending")}
+            "send_us": _num(line, " us sending"), "cpu_s": cpu, "messages": _num(line, " messages in ")}
 
 
 def _num(line: str, suffix: str) -> float:
@@ -207,9 +221,20 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
     batched, naive = with_prefix(settings, "a"), with_prefix(settings, "b")
     publish(batched, events)
     publish(naive, events)
+    idle = run_worker(with_prefix(settings, "e"), workdir)
+    fixed = float(idle["cpu_s"])
+    log(f"idle worker (empty topics): {fixed:.1f} CPU-s for start-up, --timeout wait and shut-down")
+
+    def per_cpu(r: dict[str, Any]) -> float:
+        return float(r["messages"]) / max(1e-9, float(r["cpu_s"]) - fixed)
+
     log("published; running the batched worker")
     w = run_worker(batched, workdir)
     log(f"batched: {w['summary']}")
+    big_batches = with_prefix(settings, "d")
+    publish(big_batches, events)
+    wb = run_worker(big_batches, workdir, "--batch-size", "10000", "--batch-within", "1.0")
+    log(f"batched, 10k batches: {wb['summary']}")
     log("naive worker")
     nv = run_worker(naive, workdir, "--naive", "--store", "memory")
     log(f"naive: {nv['summary']}")
@@ -232,6 +257,12 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
          "unit": "events/s", "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
         {"name": "amb worker (take_events batches, rocksdict table), events/s", "value": w["rate"],
          "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": nv["rate"]},
+        {"name": "amb worker --batch-size 10000, events/s", "value": wb["rate"], "unit": "events/s",
+         "baseline": "amb worker (2000-message batches)", "baseline_value": w["rate"]},
+        {"name": "amb worker, events per worker CPU-second", "value": per_cpu(w),
+         "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": per_cpu(nv)},
+        {"name": "amb worker --batch-size 10000, events per CPU-second", "value": per_cpu(wb),
+         "unit": "events/s", "baseline": "amb worker (2000-message batches)", "baseline_value": per_cpu(w)},
         {"name": "batch step alone, per CPU second (decode..facts, no Kafka)", "value": alone, "unit": "events/s",
          "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
         {"name": f"worker RSS holding {rss_states:,} incident states", "value": rss_full / mb, "unit": "MB",
@@ -259,14 +290,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.bootstrap:
             rows = run(config.load({}, bootstrap_servers=args.bootstrap), n, rss_states, work)
         else:
-            stack = Stack(private_settings(work / "stack"), prometheus=False)
+            stack = Stack(private_settings(work / "stack", geo_dir=config.load().geo_index_dir), prometheus=False)
             log("starting a private Kafka broker")
             stack.up(timeout=120)
             try:
                 rows = run(stack.settings, n, rss_states, work)
             finally:
                 stack.down(timeout=30)
-    print(f"bench_worker: one worker process, simulated feed of {len(TRUSTS)} trusts; target {TARGET:,} events/s")
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
+    print(f"bench_worker: one worker process, simulated feed of {len(TRUSTS)} trusts; target {TARGET:,} events/s; "
+          f"load average {load} on {os.cpu_count()} CPUs")
     print(f"{'measure':<62} {'value':>10} {'unit':<9} {'baseline':<48} {'value':>10} {'ratio':>6}")
     for r in rows:
         ratio = r["value"] / r["baseline_value"] if r["baseline_value"] else float("nan")

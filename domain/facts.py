@@ -20,7 +20,7 @@ from typing import Any, Final, Protocol
 
 from domain.events import CONVEYED, Disposition, Location
 from domain.incident import Call111State, IncidentState, is_complete
-from domain.metrics import UNKNOWN, lost_ms, periods
+from domain.metrics import UNKNOWN, Periods, lost_ms, periods
 
 GEO_OK: Final = "ok"
 """Placed in an LSOA and the hierarchy. Attributors may return other statuses for a failure."""
@@ -257,12 +257,14 @@ def _duration(start: int | None, end: int | None) -> tuple[int | None, bool]:
     return (None, True) if d < 0 else (d, False)
 
 
-def handover_fact(state: IncidentState, geo: Geo) -> HandoverFact | None:
-    """None until an arrival at hospital is known."""
+def handover_fact(state: IncidentState, geo: Geo, incident: IncidentFact | None = None) -> HandoverFact | None:
+    """None until an arrival at hospital is known. ``incident``: the state's :func:`incident_fact`,
+    if the caller has it, whose periods are reused (the worker's hot path)."""
     arrived = state.arrived_at_hospital
     if arrived is None:
         return None
-    p = periods(period_time(state))
+    p = periods(period_time(state)) if incident is None else Periods(
+        incident.hour_ms, incident.day_ms, incident.week_ms, incident.month_ms, incident.fy_ms)
     handover, _ = _duration(arrived, state.handover_at)
     clear, _ = _duration(arrived, state.clear_at)
     return HandoverFact(

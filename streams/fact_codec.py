@@ -8,6 +8,11 @@ came from). Value: UTF-8 JSON, field names exactly those of the ``domain.facts``
 
 Headers ``amb.fact.kind`` and ``amb.fact.version`` let a reader dedupe without parsing JSON.
 
+Speed: the worker encodes one fact per input event, and ``json`` over a dict built by ``getattr``
+cost ~25 us a fact. The encoders here are generated once from the dataclasses' field types (plain
+string concatenation, ``json``'s own C string escaper) and give byte for byte what
+``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` gives (the tests check it).
+
 The worker may send the same (incident, version) more than once (it re-sends the current version
 on every input, duplicates included, so a crash between the state write and the send heals on the
 re-read) and versions may arrive out of order across a rebalance: readers keep, per incident, the
@@ -17,7 +22,9 @@ highest version (``domain.oracle.latest``; ClickHouse ReplacingMergeTree(version
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from domain.facts import (
@@ -42,13 +49,58 @@ def _d(fact: Any, columns: tuple[str, ...]) -> dict[str, Any]:
     return {c: getattr(fact, c) for c in columns}
 
 
+def _value_expr(kind: str, v: str) -> str:
+    """A Python expression giving the JSON text of attribute ``v`` of the declared type ``kind``."""
+    if kind == "str":
+        return f"_s({v})"
+    if kind == "int":
+        return f"_i({v})"
+    if kind == "bool":
+        return f"('true' if {v} else 'false')"
+    if kind.endswith(" | None"):
+        inner = _value_expr(kind[:-len(" | None")], "_x")
+        return f"('null' if (_x := {v}) is None else {inner})"
+    raise TypeError(f"no fast JSON encoder for field type {kind!r}")
+
+
+def _object_encoder(cls: type) -> Callable[[Any], str]:
+    """``cls`` instance -> its JSON object text, fields in declaration order (as :func:`_d` gives)."""
+    parts = []
+    for i, f in enumerate(fields(cls)):
+        parts.append(repr(("{" if i == 0 else ",") + json.dumps(f.name) + ":"))
+        parts.append(_value_expr(str(f.type), f"o.{f.name}"))
+    src = f"def enc(o):\n    return ''.join(({', '.join(parts)}, '}}'))\n"
+    scope: dict[str, Any] = {"_s": encode_basestring, "_i": int.__repr__}
+    exec(compile(src, f"<fact encoder for {cls.__name__}>", "exec"), scope)  # noqa: S102 - our own source
+    enc: Callable[[Any], str] = scope["enc"]
+    return enc
+
+
+_incident_json: Final = _object_encoder(IncidentFact)
+_handover_json: Final = _object_encoder(HandoverFact)
+_call_json: Final = _object_encoder(Call111Fact)
+_INCIDENT_HEAD: Final = f'{{"f":{FORMAT},"kind":"{KIND_INCIDENT}","incident":'
+_CALL_HEAD: Final = f'{{"f":{FORMAT},"kind":"{KIND_CALL}","call":'
+
+
 def encode_incident(incident: IncidentFact, handover: HandoverFact | None) -> bytes:
+    hand = "null" if handover is None else _handover_json(handover)
+    return "".join((_INCIDENT_HEAD, _incident_json(incident), ',"handover":', hand, "}")).encode()
+
+
+def encode_call(call: Call111Fact) -> bytes:
+    return "".join((_CALL_HEAD, _call_json(call), "}")).encode()
+
+
+def encode_incident_json(incident: IncidentFact, handover: HandoverFact | None) -> bytes:
+    """The reference encoding (``json`` over dicts) that :func:`encode_incident` must equal."""
     body = {"f": FORMAT, "kind": KIND_INCIDENT, "incident": _d(incident, INCIDENT_COLUMNS),
             "handover": None if handover is None else _d(handover, HANDOVER_COLUMNS)}
     return _dumps(body).encode()
 
 
-def encode_call(call: Call111Fact) -> bytes:
+def encode_call_json(call: Call111Fact) -> bytes:
+    """The reference encoding that :func:`encode_call` must equal."""
     return _dumps({"f": FORMAT, "kind": KIND_CALL, "call": _d(call, CALL_COLUMNS)}).encode()
 
 

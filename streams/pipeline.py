@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from domain.events import Event
+from domain.events import Event, EventType
 from domain.facts import (
     GEO_NO_LOCATION,
     Attributor,
@@ -36,11 +36,12 @@ from domain.facts import (
     unknown_geo,
 )
 from domain.incident import (
+    CALL,
+    INCIDENT,
     LATE_HORIZON_MS,
     Call111State,
     IncidentState,
     expires_at,
-    state_key,
     update,
     update_call,
 )
@@ -56,13 +57,15 @@ from streams.state import (
     loc_key,
     new_record,
     read_header,
-    table_key,
 )
 
 LATE_AFTER_EXPIRY: Final = Code.LATE_AFTER_EXPIRY.value
 WRONG_KEY: Final = Code.WRONG_KEY.value
 REDUCER_ERROR: Final = Code.REDUCER_ERROR.value
 """DLQ reason codes the worker adds to domain.validation.Code (which the codec and validator use)."""
+_MISSING: Final[Any] = object()
+KIND_INCIDENT: Final = fact_codec.KIND_INCIDENT
+KIND_CALL: Final = fact_codec.KIND_CALL
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ class DeadLetter:
         return str(self.reason.code) if isinstance(self.reason, Rejection) else self.reason[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FactOut:
     """One fact message to send (``key``, ``value``, ``headers``) and the source it came from."""
 
@@ -190,53 +193,81 @@ class BatchStep:
 
     # ------------------------------------------------------------------------------------------
     def process(self, messages: Iterable[InMessage], now_ms: int) -> BatchResult:
-        """One batch, in arrival order. Never raises for bad input: that becomes a dead letter."""
+        """One batch, in arrival order. Never raises for bad input: that becomes a dead letter.
+
+        Written for speed (it runs once per input event): locals for everything looked up per
+        event, per-topic and per-partition values cached for the batch, counters keyed by the
+        event type member and converted once at the end."""
         out = BatchResult()
         records: dict[bytes, IncidentRecord | None] = {}
         touched: dict[bytes, tuple[IncidentRecord, InMessage]] = {}
-        store, wms, decode, trust_of = self.store, self.watermarks, self.decode, self.trust_of_topic
+        store_get, wms, decode = self.store.get, self.watermarks, self.decode
+        trusts: dict[str, str | None] = {}
+        marks: dict[tuple[str, int], int] = {}  # this batch's watermark per source partition
+        events: dict[tuple[EventType, str], int] = {}
+        duplicates: dict[str, int] = {}
+        dead = out.dead
+        horizon = self.horizon_ms
+        max_event_time = 0
+        call_111 = EventType.CALL_111
         for m in messages:
-            ev = decode(m.value, now_ms, m.topic, trust_of(m.topic))
+            topic = m.topic
+            trust = trusts.get(topic, _MISSING)
+            if trust is _MISSING:
+                trust = trusts[topic] = self.trust_of_topic(topic)
+            ev = decode(m.value, now_ms, topic, trust)
             if isinstance(ev, Rejection):
-                out.dead.append(DeadLetter(m, ev))
+                dead.append(DeadLetter(m, ev))
                 continue
             want_key = f"{ev.trust}:{ev.incident_id}".encode()
             if m.key != want_key:
-                out.dead.append(DeadLetter(m, (WRONG_KEY, f"message key {m.key!r} is not trust:incident "
-                                                          f"{want_key.decode()!r}: the incident's events would "
-                                                          "not stay on one partition")))
+                dead.append(DeadLetter(m, (WRONG_KEY, f"message key {m.key!r} is not trust:incident "
+                                                      f"{want_key.decode()!r}: the incident's events would "
+                                                      "not stay on one partition")))
                 continue
-            sk = state_key(ev)
-            k = table_key(*sk)
-            if k in records:
-                rec = records[k]
-            else:
-                raw = store.get(k, m.topic, m.partition)
+            et = ev.event_type
+            is_call = et is call_111
+            k = f"{ev.trust}:{CALL if is_call else INCIDENT}:{ev.incident_id}".encode()
+            rec = records.get(k, _MISSING)
+            if rec is _MISSING:
+                raw = store_get(k, topic, m.partition)
                 rec = records[k] = None if raw is None else decode_record(raw)
-            wm = wms.get(m.topic, m.partition)
+            tp = (topic, m.partition)
+            wm = marks.get(tp)
+            if wm is None:
+                wm = marks[tp] = wms.get(topic, m.partition)
+            t = ev.event_time
             if rec is None:
-                if wm and ev.event_time + self.horizon_ms <= wm:
-                    out.dead.append(DeadLetter(m, (LATE_AFTER_EXPIRY, (
-                        f"event time is more than the late horizon ({self.horizon_ms // 86_400_000} days) "
+                if wm and t + horizon <= wm:
+                    dead.append(DeadLetter(m, (LATE_AFTER_EXPIRY, (
+                        f"event time is more than the late horizon ({horizon // 86_400_000} days) "
                         f"before the partition's stream time and the incident has no state (expired or never "
                         "seen): applying it would start a version-1 state whose facts lose to the kept ones"))))
                     continue
-                rec = records[k] = new_record(sk[0], sk[1], sk[2], m.partition)
+                rec = records[k] = new_record(ev.trust, CALL if is_call else INCIDENT, ev.incident_id, m.partition)
                 out.new_states += 1
             try:
                 cur = rec.state
                 changed = update_call(cur, ev) if isinstance(cur, Call111State) else update(cur, ev)
             except Exception as exc:  # noqa: BLE001 - one odd event must not stop the worker
-                out.dead.append(DeadLetter(m, (REDUCER_ERROR, f"{type(exc).__name__}: {exc}"[:500])))
+                dead.append(DeadLetter(m, (REDUCER_ERROR, f"{type(exc).__name__}: {exc}"[:500])))
                 continue
-            if ev.event_time > wm:
-                wms.advance(m.topic, m.partition, ev.event_time)
-            if ev.event_time > out.max_event_time:
-                out.max_event_time = ev.event_time
-            out.events[(ev.event_type.value, ev.trust)] += 1
+            if t > wm:
+                marks[tp] = t
+            if t > max_event_time:
+                max_event_time = t
+            ek = (et, ev.trust)
+            events[ek] = events.get(ek, 0) + 1
             if not changed:
-                out.duplicates[ev.trust] += 1
+                duplicates[ev.trust] = duplicates.get(ev.trust, 0) + 1
             touched[k] = (rec, m)
+        for (topic, partition), wm in marks.items():
+            wms.advance(topic, partition, wm)
+        out.max_event_time = max_event_time
+        for (et, trust), n in events.items():
+            out.events[(et.value, trust)] += n
+        for trust, n in duplicates.items():
+            out.duplicates[trust] += n
         if touched:
             self._attribute([rec for rec, _ in touched.values()], out)
             self._emit(touched, out)
@@ -265,25 +296,30 @@ class BatchStep:
             out.attributed[geo.status] += 1
 
     def _emit(self, touched: dict[bytes, tuple[IncidentRecord, InMessage]], out: BatchResult) -> None:
-        live, store, expiry = self.live, self.store, self.expiry
+        live, put, note = self.live, self.store.put, self.expiry.note
         horizon, stale = self.horizon_ms, self.stale_ms
+        facts = out.facts
+        no_geo = unknown_geo(GEO_NO_LOCATION)
+        encode_incident, encode_call = fact_codec.encode_incident, fact_codec.encode_call
         for k, (rec, m) in touched.items():
             s = rec.state
-            geo: Geo = rec.geo if rec.geo is not None else unknown_geo(GEO_NO_LOCATION)
+            geo: Geo = rec.geo if rec.geo is not None else no_geo
+            topic, partition = m.topic, m.partition
             if isinstance(s, IncidentState):
-                value = fact_codec.encode_incident(incident_fact(s, geo), handover_fact(s, geo))
-                kind = fact_codec.KIND_INCIDENT
+                fact = incident_fact(s, geo)
+                value = encode_incident(fact, handover_fact(s, geo, fact))
+                kind = KIND_INCIDENT
                 ident = s.incident_id
                 if live is not None:
-                    live.observe(k, s, geo, m.topic, m.partition)
+                    live.observe(k, s, geo, topic, partition)
             else:
-                value = fact_codec.encode_call(call_fact(s, geo))
-                kind = fact_codec.KIND_CALL
+                value = encode_call(call_fact(s, geo))
+                kind = KIND_CALL
                 ident = s.call_id
-            out.facts.append(FactOut(f"{s.trust}:{ident}".encode(), value, kind, s.version, m.topic, m.partition))
+            facts.append(FactOut(f"{s.trust}:{ident}".encode(), value, kind, s.version, topic, partition))
             exp = expires_at(s, horizon, stale)
-            store.put(k, encode_record(rec, exp), m.topic, m.partition)
-            expiry.note(k, exp, m.topic, m.partition)
+            put(k, encode_record(rec, exp), topic, partition)
+            note(k, exp, topic, partition)
 
     # ------------------------------------------------------------------------------------------
     def expire(self, limit: int = 10_000) -> int:

@@ -18,15 +18,25 @@ from prometheus_client import CollectorRegistry
 from strategies import FAKE_HIERARCHY, MINUTE, FakeAttributor, cases, event_id, utc_ms
 
 from amb.codec import default_codec
-from domain.events import Disposition, Event, EventType, Location, Source
+from domain.events import Category, Disposition, Event, EventType, Location, Source
 from domain.facts import Geo
-from domain.incident import DAY_MS, fold
+from domain.incident import DAY_MS, fold, state_key
 from domain.oracle import compute, latest
 from streams import fact_codec
 from streams.live import LiveView
 from streams.metrics import LiveCollector
 from streams.pipeline import LATE_AFTER_EXPIRY, WRONG_KEY, BatchStep, DictStore, FactOut, InMessage
-from streams.state import ExpiryIndex, IncidentRecord, Watermarks, decode_record, encode_record, read_header
+from streams.state import (
+    FORMAT,
+    FORMAT_DICT,
+    ExpiryIndex,
+    IncidentRecord,
+    Watermarks,
+    decode_record,
+    encode_record,
+    encode_record_v1,
+    read_header,
+)
 
 NOW = utc_ms("2028-01-01T00:00")
 NEVER_EXPIRE = 100 * 365 * DAY_MS
@@ -116,6 +126,28 @@ def test_state_rows_survive_the_changelog_round_trip(case, cuts) -> None:
     assert second.adopt(restored.rows.items(), lambda k: f"amb.events.{k.split(b':')[0].decode()}") == len(restored.rows)
     sent += run(second, msgs[half:], cuts)
     assert_matches_oracle(sent, case.events)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(), cuts=cuts)
+def test_rows_of_the_previous_format_are_read_and_carried_on_exactly(case, cuts) -> None:
+    """An upgrade in place: the table holds format-1 rows (the previous release's JSON dict); the
+    new worker adopts them, carries on exactly and rewrites what it touches in the new format."""
+    msgs = messages(case.arrived)
+    half = len(msgs) // 2
+    first = step()
+    sent = run(first, msgs[:half], cuts)
+    old = DictStore()
+    for key, raw in first.store.rows.items():  # type: ignore[attr-defined]
+        head = read_header(raw)
+        old.rows[key] = encode_record_v1(decode_record(raw), head.expires_at)
+        assert old.rows[key][0] == FORMAT_DICT and decode_record(old.rows[key]) == decode_record(raw)
+    second = step(old)
+    second.adopt(old.rows.items(), lambda k: f"amb.events.{k.split(b':')[0].decode()}")
+    sent += run(second, msgs[half:], cuts)
+    assert_matches_oracle(sent, case.events)
+    touched = {":".join(state_key(e)).encode() for e in case.arrived[half:]}
+    assert {k: old.rows[k][0] for k in touched} == dict.fromkeys(touched, FORMAT)
 
 
 # ------------------------------------------------------------------------------------ examples
@@ -239,10 +271,40 @@ def test_state_rows_round_trip(case) -> None:
     for i, state in enumerate(fold(case.events).values()):
         geo = Geo("E01000001", "E02000001", "E06000001", "E38000001", "E54000001", "E40000001", "ok") if i % 2 else None
         rec = IncidentRecord(state, i % 4, geo, ((None, 1.5, None, None, None), 123) if geo else None)
-        raw = encode_record(rec, 99)
-        back = decode_record(raw)
-        assert back == rec
-        assert read_header(raw).expires_at == 99 and read_header(raw).last_event_time == state.last_event_time
+        for raw in (encode_record(rec, 99), encode_record_v1(rec, 99)):
+            back = decode_record(raw)
+            assert back == rec
+            assert read_header(raw).expires_at == 99 and read_header(raw).last_event_time == state.last_event_time
+
+
+def test_a_row_of_an_unknown_format_is_refused_with_its_number() -> None:
+    raw = encode_record(IncidentRecord(fold([created("RX6", "INC-1", T0, 1, category=Category.C2)])[("RX6", "incident", "INC-1")], 0), 5)
+    with pytest.raises(ValueError, match="format 9"):
+        decode_record(b"\x09" + raw[1:])
+    with pytest.raises(ValueError, match="format 9"):
+        read_header(b"\x09" + raw[1:])
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_the_fast_fact_encoders_give_json_dumps_bytes(case) -> None:
+    """The generated encoders are byte for byte ``json.dumps`` of the dataclasses' dicts."""
+    report = compute(case.events, FakeAttributor(), FAKE_HIERARCHY)
+    handovers = {h.incident_id: h for h in report.handovers}
+    for f in report.incidents:
+        h = handovers.get(f.incident_id)
+        assert fact_codec.encode_incident(f, h) == fact_codec.encode_incident_json(f, h)
+        assert fact_codec.encode_incident(f, None) == fact_codec.encode_incident_json(f, None)
+    for c in report.calls:
+        assert fact_codec.encode_call(c) == fact_codec.encode_call_json(c)
+
+
+def test_the_fast_fact_encoders_escape_strings_as_json_does() -> None:
+    (f,) = compute([created("RX6", "INC-1", T0, 1, category=Category.C2)], FakeAttributor(), FAKE_HIERARCHY).incidents
+    for text in ('quote " back \\ slash', "tab\tnew\nline\x00\x1f", "Ysbyty Gwynedd – café ☕ \U0001f691", ""):
+        odd = replace(f, incident_id=text, destination_site=text, response_ms=-1, open=False)
+        assert fact_codec.encode_incident(odd, None) == fact_codec.encode_incident_json(odd, None)
+        assert fact_codec.decode(fact_codec.encode_incident(odd, None)).incident == odd
 
 
 def test_fact_messages_round_trip_and_refuse_other_bytes() -> None:
