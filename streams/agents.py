@@ -71,8 +71,8 @@ class Geography(Attributor, Hierarchy, Protocol):
 class WorkerOptions:
     """How one `amb worker` process runs (the CLI flags)."""
 
-    batch_size: int = 2000
-    batch_within: float = 0.5
+    batch_size: int = 10_000
+    batch_within: float = 1.0
     max_messages: int | None = None
     idle_timeout: float | None = None
     naive: bool = False

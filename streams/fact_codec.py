@@ -132,6 +132,40 @@ class FactMessage:
         return (self.kind, self.incident.trust, self.incident.incident_id)
 
 
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Field name -> the JSON value types it may hold (None is always let through: the store's
+    NOT NULL columns refuse it with their own error)."""
+    import typing
+
+    out: dict[str, tuple[type, ...]] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) or (hint,)
+        allowed = tuple(a for a in args if a is not type(None))
+        if float in allowed:
+            allowed += (int,)
+        out[name] = allowed
+    return out
+
+
+_CHECKS: Final = {cls: _field_types(cls) for cls in (IncidentFact, HandoverFact, Call111Fact)}
+
+
+def _checked(cls: Any, body: Any) -> Any:
+    """``cls(**body)`` after checking each value's JSON type: a fact with a wrong type is a bad
+    message for the dead-letter topic, not an error later in the loader (a poison pill)."""
+    if not isinstance(body, dict):
+        raise TypeError(f"{cls.__name__} is {type(body).__name__}, not an object")
+    types = _CHECKS[cls]
+    for name, value in body.items():
+        allowed = types.get(name)
+        if allowed is None:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        if value is not None and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            raise TypeError(f"{cls.__name__}.{name} is {type(value).__name__} {value!r:.40}, expected "
+                            f"{' or '.join(t.__name__ for t in allowed)}")
+    return cls(**body)
+
+
 def decode(value: bytes) -> FactMessage:
     """Bytes -> FactMessage; ValueError for anything that is not a fact message of this format."""
     try:
@@ -141,9 +175,10 @@ def decode(value: bytes) -> FactMessage:
         kind = body["kind"]
         if kind == KIND_INCIDENT:
             h = body.get("handover")
-            return FactMessage(kind, IncidentFact(**body["incident"]), None if h is None else HandoverFact(**h))
+            return FactMessage(kind, _checked(IncidentFact, body["incident"]),
+                               None if h is None else _checked(HandoverFact, h))
         if kind == KIND_CALL:
-            return FactMessage(kind, call=Call111Fact(**body["call"]))
+            return FactMessage(kind, call=_checked(Call111Fact, body["call"]))
         raise ValueError(f"unknown fact kind {kind!r}")
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not an incident-facts message: {type(exc).__name__}: {exc}") from None

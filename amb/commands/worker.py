@@ -42,9 +42,9 @@ Examples:
 @click.option("--timeout", "idle_timeout", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds without a new message, counted once the worker "
                    "has its partitions and has processed each of them to its end offset.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Most messages per take() batch.")
-@click.option("--batch-within", type=click.FloatRange(min=0.001), default=0.5, show_default=True,
+@click.option("--batch-within", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
               help="Longest wait (seconds) to fill a batch.")
 @click.option("--store", type=click.Choice(["rocksdb", "memory"]), default="rocksdb", show_default=True,
               help="Table store: rocksdb (local state survives a restart) or memory (rebuilt from the changelog).")
