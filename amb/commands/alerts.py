@@ -7,20 +7,12 @@ from datetime import date, datetime, timedelta
 import click
 
 from amb import config
+from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from amb.insight import series as ser
 from domain.metrics import LONDON
 from sinks import migrate as mig
 from sinks.store import opened
-
-
-def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param=param) from None
 
 
 @click.group("alerts", help="""Alerts for commissioners from the store.

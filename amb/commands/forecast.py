@@ -6,13 +6,14 @@ import csv
 import gzip
 import io
 import json
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
 from amb import config
+from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from amb.insight import forecast as fc
 from amb.insight.series import load_areas
@@ -24,13 +25,6 @@ class ForecastFailed(AmbError):
     """The forecast could not be made (too little history, nothing in the store)."""
 
 
-def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param=param) from None
 
 
 def lad_names(geo_data_dir: Path) -> dict[str, str]:

@@ -5,12 +5,13 @@ GET /v1/metrics), so the CLI and the HTTP API cannot disagree."""
 from __future__ import annotations
 
 import contextlib
-from datetime import date, datetime
+from datetime import date
 from typing import TYPE_CHECKING
 
 import click
 
 from amb import config
+from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from domain.access import AccessError, parse_identity
 from domain.metrics import MONTH, PERIOD_KINDS
@@ -22,13 +23,6 @@ if TYPE_CHECKING:
     from amb.serve import MetricRequest
 
 
-def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param=param) from None
 
 
 @click.command("query", help="""Print a standard table from the store, equal to the batch oracle.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime
+from datetime import date
 
 import click
 
 from amb import config
+from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from sinks.queries import HANDOVER_LEVELS
 
@@ -28,13 +29,6 @@ Example:
 """
 
 
-def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param=param) from None
 
 
 class Differs(AmbError):

@@ -4,24 +4,16 @@ summary, from the store, disclosure-controlled."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import click
 
 from amb import config
+from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from sinks import migrate as mig
 from sinks.store import StoreBusyError, opened
-
-
-def _date(_ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param=param) from None
 
 
 @click.group("report", help="""Commissioner reports from the store.
