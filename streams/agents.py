@@ -337,7 +337,6 @@ class StreamWorker:
         holes = self._advance(msgs)
         if holes:
             await self._reread(holes)
-        self.lag.handled((m.topic, m.partition, m.offset) for m in msgs)
         self._batch_end = t2 = time.perf_counter()
         self.stats.process_s += t1 - t0
         self.stats.send_s += t2 - t1
@@ -522,7 +521,7 @@ class StreamWorker:
         if not self._busy:
             self._check_assignment()
         now = time.monotonic()
-        await self.lag.update(app.consumer, now)
+        await self.lag.update(app.consumer, now, self._next_offset)
         if now - self._last_report >= 10 and self.stats.messages > self._reported_messages:
             rate = (self.stats.messages - self._reported_messages) / (now - self._last_report)
             log.info("%s (%.0f msg/s over the last %.0f s)", self.stats.summary(), rate, now - self._last_report)

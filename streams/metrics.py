@@ -10,7 +10,7 @@ wait do not (recompute the rate from ``amb_live_dispositions_today``; take ``max
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -53,8 +53,8 @@ class ConsumerLag:
     """Keeps :data:`CONSUMER_LAG`: per assigned events partition, the high watermark minus the next
     offset this worker will process.
 
-    The next offset is the greatest of: one past the last message the worker handled (recorded per
-    batch, :meth:`handled`), the offset Faust last committed or sought to for the group (after a
+    The next offset is the greatest of: the worker's own next unprocessed offset (the contiguous
+    run it commits, ``StreamWorker._next_offset``, passed to :meth:`update`), the offset Faust last committed or sought to for the group (after a
     rebalance hands a partition back, another worker may have gone further), and the partition's
     log start (where a group with no commit starts). High watermarks come from the consumer's fetch
     responses (cached, free) and, every ``refresh_s`` seconds or when the cache has none yet, from
@@ -64,25 +64,17 @@ class ConsumerLag:
     def __init__(self, events_topics: Iterable[str], refresh_s: float = 10.0) -> None:
         self.events_topics = frozenset(events_topics)
         self.refresh_s = refresh_s
-        self.next_offset: dict[tuple[str, int], int] = {}
         self._asked: dict[tuple[str, int], tuple[int, int]] = {}  # (log start, high watermark) from the broker
         self._asked_at = float("-inf")
         self._labelled: set[tuple[str, int]] = set()
 
-    def handled(self, offsets: Iterable[tuple[str, int, int]]) -> None:
-        """Record (topic, partition, offset) of messages fully processed (their output delivered)."""
-        nxt = self.next_offset
-        for topic, partition, offset in offsets:
-            if offset >= nxt.get((topic, partition), -1):
-                nxt[(topic, partition)] = offset + 1
-
-    async def update(self, consumer: Any, now: float) -> dict[tuple[str, int], int]:
+    async def update(self, consumer: Any, now: float, next_offsets: Mapping[tuple[str, int], int]
+                     ) -> dict[tuple[str, int], int]:
         """Set the gauge for every assigned events partition and drop revoked ones; returns the lags."""
         tps = [tp for tp in consumer.assignment() if tp.topic in self.events_topics]
         assigned = {(tp.topic, tp.partition) for tp in tps}
         for key in self._labelled - assigned:
             CONSUMER_LAG.remove(key[0], str(key[1]))
-            self.next_offset.pop(key, None)
             self._asked.pop(key, None)
         self._labelled &= assigned
         cached: dict[tuple[str, int], int] = {}
@@ -111,7 +103,7 @@ class ConsumerLag:
             high = max(cached.get(key, -1), asked_high)
             if high < 0:
                 continue  # nothing known yet: no series rather than a wrong one
-            nxt = max(self.next_offset.get(key, 0), committed.get(tp) or 0, start)
+            nxt = max(next_offsets.get(key, 0), committed.get(tp) or 0, start)
             lags[key] = max(0, high - nxt)
             CONSUMER_LAG.labels(key[0], str(key[1])).set(lags[key])
             self._labelled.add(key)
