@@ -7,12 +7,10 @@ from datetime import date, datetime, timedelta
 import click
 
 from amb import config
+from amb.commands import migrated_store
 from amb.commands import parse_date as _date
-from amb.errors import AmbError
 from amb.insight import series as ser
 from domain.metrics import LONDON
-from sinks import migrate as mig
-from sinks.store import opened
 
 
 @click.group("alerts", help="""Alerts for commissioners from the store.
@@ -70,13 +68,8 @@ def spc(levels: tuple[str, ...], icb: str | None, metrics: tuple[str, ...], grai
         codes["icb"] = [code]
         region = areas.icb_region.get(code)
         codes["region"] = [region] if region else None
-    if not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
-        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
     found: list[ser.Signal] = []
-    with opened(settings) as store:
-        pending = mig.pending(store, mig.load())
-        if pending:
-            raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): run `amb db migrate`")
+    with migrated_store(settings) as store:
         for level in levels or ser.LEVELS:
             for by in grains or ser.GRAINS:
                 got = ser.load_series(store, level, by, metrics or None, codes[level], since, to)

@@ -13,12 +13,11 @@ import click
 from tqdm import tqdm
 
 from amb import config
+from amb.commands import migrated_store
 from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from amb.insight import forecast as fc
 from amb.insight.series import load_areas
-from sinks import migrate as mig
-from sinks.store import opened
 
 
 class ForecastFailed(AmbError):
@@ -68,12 +67,7 @@ def command(icb: str | None, days: int, start: date | None, level: float, histor
     code = areas.resolve_icb(icb) if icb else None
     if code is not None and areas.icb_region and code not in areas.icb_region:
         raise AmbError(f"unknown ICB {icb!r}: give an ODS code (e.g. QOP) or an E54 code")
-    if not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
-        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
-    with opened(settings) as store:
-        pending = mig.pending(store, mig.load())
-        if pending:
-            raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): run `amb db migrate`")
+    with migrated_store(settings) as store:
         series = fc.load_hourly(store, code)
     if not series:
         raise ForecastFailed(f"no incidents in the store{f' for {icb}' if icb else ''}")

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import click
 
 from amb import config
+from amb.commands import migrated_store
 from amb.commands import parse_date as _date
 from amb.errors import AmbError
 from domain.access import AccessError, parse_identity
 from domain.metrics import MONTH, PERIOD_KINDS
-from sinks import migrate as mig
 from sinks import queries
-from sinks.store import StoreBusyError, opened
+from sinks.store import StoreBusyError
 
 if TYPE_CHECKING:
     from amb.serve import MetricRequest
@@ -83,14 +83,8 @@ def command(metric: str, level: str, code: str | None, start: date | None, end: 
     except AccessError as exc:
         raise click.UsageError(str(exc)) from None
     settings = config.load()
-    if not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
-        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
     try:
-        with opened(settings) as store:
-            pending = mig.pending(store, mig.load())
-            if pending:
-                raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): "
-                               "run `amb db migrate`")
+        with migrated_store(settings) as store:
             table = run_catalogue_query(store, who, req.query, geo_dir=settings.geo_data_dir,
                                         breakdown=req.breakdown)
     except StoreBusyError as exc:

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from amb import config
+from amb.commands import migrated_store
 from amb.commands import parse_date as _date
 from amb.errors import AmbError
-from sinks import migrate as mig
-from sinks.store import StoreBusyError, opened
+from sinks.store import StoreBusyError
 
 
 @click.group("report", help="""Commissioner reports from the store.
@@ -53,14 +53,8 @@ def icb_command(icb: str, period: str | None, start: date | None, end: date | No
     from amb.insight import build_report
 
     settings = config.load()
-    if not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
-        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
     try:
-        with opened(settings) as store:
-            pending = mig.pending(store, mig.load())
-            if pending:
-                raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): "
-                               "run `amb db migrate`")
+        with migrated_store(settings) as store:
             built = build_report(store, icb, period, start, end, settings.geo_data_dir)
     except StoreBusyError as exc:
         raise AmbError(f"{exc}; while `amb serve` runs, open the report page it serves at /") from None

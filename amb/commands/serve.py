@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from amb import config
+from amb.commands import require_migrated, require_store
 from amb.errors import AmbError
 from amb.identities import (
     RegistryFile,
@@ -74,15 +75,13 @@ def command(host: str, port: int | None, identities: Path | None, workers: int, 
                    err=True)
     geography = load_geography(settings.geo_data_dir)
     key = load_or_create_key(pseudonym_key_path(settings))
-    if not with_sink and not settings.clickhouse_url and not (settings.chdb_dir / "metadata").exists():
-        raise AmbError(f"no chDB store in {settings.chdb_dir}: run `amb db migrate` (and load data) first")
+    if not with_sink:
+        require_store(settings)
     with opened(settings) as store:  # takes the chDB lock: this process owns the store from here
         if with_sink:
             for m in mig.migrate(store, echo=click.echo):
                 click.echo(f"applied {m.name}")
-        pending = mig.pending(store, mig.load())
-        if pending:
-            raise AmbError(f"the store needs {len(pending)} migration(s) ({pending[0].name}, ...): run `amb db migrate`")
+        require_migrated(store)
         service = Service(store, registry, geography, key)
         stop = threading.Event()
         sink = None
