@@ -381,13 +381,20 @@ def replay_events(root: Path, since: date | None = None, until: date | None = No
     """The archived events, re-validated with the clock they were accepted with (``validate``:
     a codec's decode_and_validate; default single-object only). A record the current code
     refuses (after a validation change) is appended to ``refused``, not yielded."""
-    from streams.pipeline import trust_of_events_topic
-
     if validate is None:
         from amb.codec import default_codec
 
         validate = default_codec().decode_and_validate
-    for r in iter_records(root, since, until, on_file=on_file):
+    yield from revalidate(iter_records(root, since, until, on_file=on_file), validate, refused)
+
+
+def revalidate(records: Iterable[ArchivedRecord], validate: Validator,
+               refused: list[tuple[ArchivedRecord, str]] | None = None) -> Iterator[Event]:
+    """Archived records (files or the store's raw_events) -> the events the current code accepts,
+    validated with the clock each was accepted with; the others go to ``refused``."""
+    from streams.pipeline import trust_of_events_topic
+
+    for r in records:
         msg = RawMessage(r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value)
         ev, code = accept(msg, validate(r.value, r.accepted_ms, r.topic, trust_of_events_topic(r.topic)))
         if ev is None:
@@ -423,7 +430,7 @@ class Archiver:
                 "topic.metadata.refresh.interval.ms": 5000,
                 # 10 s, as the worker (streams/app.py): a killed archiver's partitions stall this long
                 "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-                **client_config(settings, "worker")}
+                **client_config(settings, "sink")}
         self.consumer = Consumer(conf)
         self.consumer.subscribe([events_pattern(settings)], on_assign=self._on_assign)
 

@@ -1,14 +1,30 @@
 """Rebuild the store from the raw archive, and reconcile the store against it.
 
-Both start from the same recomputation: every archived event (amb.archive, checksums verified,
-re-validated with the clock it was accepted with) through the batch oracle (domain.oracle: dedupe
-by event id, fold, attribute, facts, latest version of each incident). No new logic: the rebuild
-loads the oracle's facts with the sink's own loader (sinks.loader) into emptied tables, so the
-rollups are filled by the same materialised views as in production; the reconcile compares the
-store's facts and its query tables (sinks.queries, the `amb query` code path) with the oracle's.
+The raw archive is the store's own ``raw_events`` table (migration 0010; filled by `amb sink`,
+one row per accepted event id, the message bytes as consumed). Both commands start from the same
+recomputation: those events, re-validated with the clock they were accepted with, through the
+batch oracle (domain.oracle: dedupe by event id, fold, attribute, facts, latest version of each
+incident). No new logic: facts are loaded with the sink's own loader (sinks.loader), so the rollups
+are filled by the same materialised views as in production. The Avro files of `amb archive` (a
+cold export) can be the source instead (``source="files"``).
 
-The recomputation holds the archive's events in memory (about 150 MB for a simulated day of
-England); a multi-month rebuild wants a ClickHouse-side recompute instead.
+``rebuild_from`` (`amb rebuild --from DATE`) changes only the incidents with an archived event on
+or after DATE (all their events are read, earlier ones included), in chunks by incident hash so
+memory stays bounded, and leaves every other row alone. For each incident whose stored facts
+differ from the recompute (or that the recompute no longer has, e.g. now refused):
+
+1. retract: a -1 copy of each stored fact row into the signed changes, so every rollup loses it
+   (the token names the run, chunk and rows: a rerun after a crash is dropped by every table);
+2. delete that incident's rows from the changes and facts tables (a synchronous mutation), so
+   the changes hold no stale pair and the facts no stale version;
+3. load the recomputed facts through the loader (not stored any more, so they are new: +1).
+
+The recomputed version is the number of distinct events, as the worker's, so the worker's next
+fact for the incident still supersedes it and a replay of an older fact is still stale; and the
+changes never hold two rows of one incident with the same key and version (which a
+VersionedCollapsingMergeTree merge could cancel the wrong way). A run id kept in
+``AMB_DATA_DIR/rebuild.journal`` until the run finishes makes a rerun after a crash reuse the same
+tokens; run it with the sink stopped. A second run finds nothing to change.
 """
 
 from __future__ import annotations
@@ -19,11 +35,13 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Final
 
+import numpy as np
 import pyarrow as pa
 
 from amb.archive import ArchivedRecord, archive_dir, list_files, replay_events
 from amb.config import Settings
 from amb.errors import AmbError
+from domain.events import Event
 from domain.oracle import Report, compute
 
 ROLLUP_FAMILIES: Final = ("incident", "handover")
@@ -43,18 +61,68 @@ class Recomputed:
     refused: list[tuple[ArchivedRecord, str]] = field(default_factory=list)
 
 
-def recompute(settings: Settings, progress: bool = False, geo: Any = None) -> Recomputed:
-    """The oracle over the whole archive (``geo``: an attributor+hierarchy; default the index)."""
+def _geo(settings: Settings, geo: Any) -> Any:
+    if geo is None:
+        from streams.geo import IndexGeo
+
+        geo = IndexGeo.load(settings.geo_index_dir)
+    return geo
+
+
+RAW_COLUMNS: Final = "topic, partition, offset, kafka_ts_ms, accepted_ms, key, payload, event_id, trust, event_time_ms"
+
+
+def _records(t: pa.Table) -> list[ArchivedRecord]:
+    # String columns come back as Arrow utf8; key and payload are bytes (binary cast: no decoding)
+    cols = [(t.column(i).cast(pa.binary()) if t.column_names[i] in ("key", "payload") else t.column(i)).to_pylist()
+            for i in range(t.num_columns)]
+    return [ArchivedRecord(str(tp), int(p), int(o), int(ts), int(acc), k or None, bytes(v), str(eid), str(tr), int(et))
+            for tp, p, o, ts, acc, k, v, eid, tr, et in zip(*cols, strict=True)]
+
+
+def store_events(settings: Settings, store: Any, where: str = "1", params: dict[str, Any] | None = None,
+                 refused: list[tuple[ArchivedRecord, str]] | None = None) -> tuple[list[Event], int]:
+    """The store's archived events (``raw_events FINAL`` rows matching ``where``), re-validated with
+    the clock they were accepted with; refused ones go to ``refused``. Returns (events, rows read)."""
+    from amb.archive import revalidate
+    from amb.codec import Codec
+
+    t = store.query_arrow(f"SELECT {RAW_COLUMNS} FROM raw_events FINAL WHERE {where}", params or {})
+    recs = _records(t) if t.num_rows else []
+    events = list(revalidate(recs, Codec.from_settings(settings).decode_and_validate, refused))
+    return events, len(recs)
+
+
+def recompute(settings: Settings, progress: bool = False, geo: Any = None, source: str = "store",
+              store: Any = None) -> Recomputed:
+    """The oracle over the whole archive: the store's ``raw_events`` (``store``: an open store,
+    default the configured one) or, with ``source="files"``, the Avro files of `amb archive`."""
+    if source == "store":
+        refused_rows: list[tuple[ArchivedRecord, str]] = []
+        if store is None:
+            from sinks.store import opened
+
+            with opened(settings) as s:
+                events, n = store_events(settings, s, refused=refused_rows)
+        else:
+            events, n = store_events(settings, store, refused=refused_rows)
+        if n == 0:
+            raise AmbError("the raw archive (raw_events) is empty: `amb sink` fills it (unless --no-archive)")
+        return Recomputed(compute(events, _geo(settings, geo), _geo(settings, geo)), n, 0, refused_rows)
+    if source != "files":
+        raise AmbError(f"unknown archive source {source!r}: store or files")
+    return _recompute_files(settings, progress, geo)
+
+
+def _recompute_files(settings: Settings, progress: bool = False, geo: Any = None) -> Recomputed:
+    """The oracle over the whole file archive (``geo``: an attributor+hierarchy; default the index)."""
     from tqdm import tqdm
 
     root = archive_dir(settings)
     files = list_files(root)
     if not files:
         raise AmbError(f"the raw archive {root} is empty: run `amb archive` first")
-    if geo is None:
-        from streams.geo import IndexGeo
-
-        geo = IndexGeo.load(settings.geo_index_dir)
+    geo = _geo(settings, geo)
     refused: list[tuple[ArchivedRecord, str]] = []
     counts = {"records": 0}
     bar = tqdm(total=len(files), unit="file", desc="reading archive", disable=not progress, leave=False)
@@ -100,7 +168,7 @@ def _chunks(rows: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
 
 
 def rebuild(settings: Settings, progress: bool = False, geo: Any = None,
-            echo: Callable[[str], None] = lambda _s: None) -> RebuildResult:
+            echo: Callable[[str], None] = lambda _s: None, source: str = "store") -> RebuildResult:
     """Recompute from the archive, empty every derived table, load the facts (sinks.loader) in
     batches under fresh deduplication tokens, then run the store's consistency check."""
     from tqdm import tqdm
@@ -109,14 +177,14 @@ def rebuild(settings: Settings, progress: bool = False, geo: Any = None,
     from sinks.loader import check, load_facts
     from sinks.store import opened
 
-    rec = recompute(settings, progress, geo)
-    rep = rec.report
-    echo(f"recomputed {len(rep.incidents):,} incidents, {len(rep.handovers):,} handovers and {len(rep.calls):,} "
-         f"111 calls from {rec.records:,} archived events ({rep.duplicates:,} duplicates) in {rec.files} files")
     run_id = uuid.uuid4().hex[:12]
     loaded = {"incident": 0, "handover": 0, "call_111": 0}
     with opened(settings) as store:
         migrate.migrate(store)
+        rec = recompute(settings, progress, geo, source, store)
+        rep = rec.report
+        echo(f"recomputed {len(rep.incidents):,} incidents, {len(rep.handovers):,} handovers and "
+             f"{len(rep.calls):,} 111 calls from {rec.records:,} archived events ({rep.duplicates:,} duplicates)")
         for table in derived_tables():
             store.command(f"TRUNCATE TABLE IF EXISTS {table}")
         total = len(rep.incidents) + len(rep.handovers) + len(rep.calls)
@@ -227,22 +295,161 @@ class ReconcileResult:
 
 
 def reconcile(settings: Settings, start: date | None = None, end: date | None = None, progress: bool = False,
-              geo: Any = None, store: Any = None, levels: Sequence[str] | None = None) -> ReconcileResult:
+              geo: Any = None, store: Any = None, levels: Sequence[str] | None = None,
+              source: str = "store") -> ReconcileResult:
     """Compare the store (facts and query tables, clock-start days ``start``..``end`` in London)
     with the recompute from the archive. ``store``: an open store (default: open the configured one);
     ``levels``: compare the query tables at these levels only (default all)."""
     from sinks.queries import london_midnight_s
     from sinks.store import opened
 
-    rec = recompute(settings, progress, geo)
     lo = None if start is None else london_midnight_s(start) * 1000
     hi = None if end is None else london_midnight_s(end + timedelta(days=1)) * 1000
+
+    def run(s: Any) -> ReconcileResult:
+        rec = recompute(settings, progress, geo, source, s)
+        diffs = compare_facts(s, rec.report, lo, hi) + compare_tables(s, rec.report, start, end, levels)
+        return ReconcileResult(rec.records, len(rec.refused), diffs)
+
     if store is None:
         with opened(settings) as s:
-            diffs = compare_facts(s, rec.report, lo, hi) + compare_tables(s, rec.report, start, end, levels)
+            return run(s)
+    return run(store)
+
+
+# --- rebuild from a date -------------------------------------------------------------------------
+
+CHUNK_INCIDENTS: Final = 200_000
+
+
+@dataclass
+class PartialRebuild:
+    """What `amb rebuild --from` did: incidents in scope, and per fact kind the rows that differed
+    (retracted and reloaded), were new, or were removed (the recompute no longer has them)."""
+
+    incidents: int = 0
+    events: int = 0
+    refused: int = 0
+    chunks: int = 0
+    changed: dict[str, int] = field(default_factory=lambda: {"incident": 0, "handover": 0, "call_111": 0})
+    added: dict[str, int] = field(default_factory=lambda: {"incident": 0, "handover": 0, "call_111": 0})
+    removed: dict[str, int] = field(default_factory=lambda: {"incident": 0, "handover": 0, "call_111": 0})
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def touched(self) -> int:
+        return sum(self.changed.values()) + sum(self.added.values()) + sum(self.removed.values())
+
+
+def _journal(settings: Settings) -> Any:
+    return settings.data_dir / "rebuild.journal"
+
+
+def _keys(t: pa.Table, id_column: str) -> list[str]:
+    return [f"{a}\x00{b}" for a, b in zip(t.column("trust").to_pylist(), t.column(id_column).to_pylist(), strict=True)]
+
+
+def _digest(t: pa.Table) -> str:
+    import hashlib
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:24]
+
+
+def _replace_kind(store: Any, kind: Any, scope: list[tuple[str, str]], new: pa.Table, token: str,
+                  res: PartialRebuild) -> None:
+    """Make the stored rows of the ``scope`` keys equal ``new`` (steps in the module docstring)."""
+    from sinks.loader import SIGN, load_kind, stored_versions
+
+    if not scope:
+        return
+    keys_t = pa.table({"trust": [k[0] for k in scope], kind.id_column: [k[1] for k in scope]})
+    stored = stored_versions(store, kind, keys_t)
+    want = {k: r for k, r in zip(_keys(new, kind.id_column), _rows(new), strict=True)}
+    have = {k: r for k, r in zip(_keys(stored, kind.id_column), _rows(stored), strict=True)}
+    scope_keys = set(_keys(keys_t, kind.id_column))
+    stale = sorted(k for k in have if k in scope_keys and want.get(k) != have[k])
+    fresh = [k for k in want if k not in have or want[k] != have[k]]
+    res.changed[kind.name] += sum(1 for k in stale if k in want)
+    res.removed[kind.name] += sum(1 for k in stale if k not in want)
+    res.added[kind.name] += sum(1 for k in fresh if k not in have)
+    if stale:
+        idx = [i for i, k in enumerate(_keys(stored, kind.id_column)) if k in set(stale)]
+        old = stored.take(pa.array(idx, pa.int64()))
+        minus = old.append_column(SIGN, pa.array(np.full(old.num_rows, -1, np.int8)))
+        store.insert_arrow(kind.changes_table, minus, f"{token}:{kind.name}:retract:{_digest(minus)}")
+        cond = f"concat(trust, '\\0', {kind.id_column}) IN {{keys:Array(String)}}"
+        for table in (kind.changes_table, kind.facts_table):
+            store.command(f"ALTER TABLE {table} DELETE WHERE {cond} SETTINGS mutations_sync = 2", {"keys": stale})
+    if fresh:
+        idx = [i for i, k in enumerate(_keys(new, kind.id_column)) if k in set(fresh)]
+        load_kind(store, kind, new.take(pa.array(idx, pa.int64())), f"{token}:{kind.name}:load")
+
+
+def rebuild_from(settings: Settings, since: date, until: date | None = None, progress: bool = False,
+                 geo: Any = None, store: Any = None, echo: Callable[[str], None] = lambda _s: None,
+                 chunk_incidents: int = CHUNK_INCIDENTS) -> PartialRebuild:
+    """Recompute every incident with an archived event on ``since``..``until`` (London days,
+    inclusive; ``until`` None: to the end) and make its facts and rollups equal the recompute."""
+    import json
+
+    from tqdm import tqdm
+
+    from sinks.loader import CALLS, HANDOVERS, INCIDENTS, check, to_arrow
+    from sinks.queries import london_midnight_s
+    from sinks.store import opened
+
+    lo = london_midnight_s(since) * 1000
+    hi = london_midnight_s(until + timedelta(days=1)) * 1000 if until else 2**62
+    geo = _geo(settings, geo)
+    journal = _journal(settings)
+    run_id = uuid.uuid4().hex[:12]
+    if journal.exists():  # a run that did not finish: same tokens, so nothing is applied twice
+        run_id = json.loads(journal.read_text()).get("run", run_id)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(json.dumps({"run": run_id, "from": str(since), "to": str(until or "")}))
+    res = PartialRebuild()
+
+    def run(s: Any) -> None:
+        window = "event_time_ms >= {lo:Int64} AND event_time_ms < {hi:Int64}"
+        p = {"lo": lo, "hi": hi}
+        n = int(s.query(f"SELECT uniqExact(trust, incident_id) FROM raw_events WHERE {window}", p).scalar() or 0)
+        res.incidents = n
+        if n == 0:
+            return
+        res.chunks = max(1, -(-n // chunk_incidents))
+        for c in tqdm(range(res.chunks), unit="chunk", desc="rebuilding", disable=not progress):
+            pc_ = {**p, "n": res.chunks, "c": c}
+            scope_sql = (f"(trust, incident_id) IN (SELECT DISTINCT trust, incident_id FROM raw_events "
+                         f"WHERE {window} AND cityHash64(trust, incident_id) % {{n:UInt64}} = {{c:UInt64}})")
+            refused: list[tuple[ArchivedRecord, str]] = []
+            events, _rows_read = store_events(settings, s, scope_sql, pc_, refused)
+            res.events += len(events)
+            res.refused += len(refused)
+            scope = s.query(f"SELECT DISTINCT trust, incident_id FROM raw_events WHERE {window} "
+                            "AND cityHash64(trust, incident_id) % {n:UInt64} = {c:UInt64}", pc_).rows
+            scope_keys = [(str(a), str(b)) for a, b in scope]
+            rep = compute(events, geo, geo)
+            token = f"rebuild:{run_id}:{c}"
+            # Calls are keyed by call id; their events carry it as the incident id of the raw row.
+            _replace_kind(s, INCIDENTS, scope_keys, to_arrow(INCIDENTS, rep.incidents), token, res)
+            _replace_kind(s, HANDOVERS, scope_keys, to_arrow(HANDOVERS, rep.handovers), token, res)
+            _replace_kind(s, CALLS, scope_keys, to_arrow(CALLS, rep.calls), token, res)
+        res.problems = check(s)
+
+    if store is None:
+        with opened(settings) as s:
+            from sinks import migrate
+
+            migrate.migrate(s)
+            run(s)
     else:
-        diffs = compare_facts(store, rec.report, lo, hi) + compare_tables(store, rec.report, start, end, levels)
-    return ReconcileResult(rec.records, len(rec.refused), diffs)
+        run(store)
+    journal.unlink(missing_ok=True)
+    echo(f"rebuilt {res.incidents:,} incidents with events from {since} in {res.chunks} chunk(s)")
+    return res
 
 
 def format_differences(diffs: Sequence[Difference], only_differing: bool = False) -> str:

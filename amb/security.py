@@ -280,7 +280,12 @@ def grants(settings: Settings, principal: str) -> list[Grant]:
         return [
             Grant("topic", facts, "literal", ("READ", "DESCRIBE"), "the facts it loads"),
             Grant("group", f"{p}-sink", "prefixed", ("READ", "DESCRIBE"), "its consumer group(s)"),
-            Grant("topic", dlq, "literal", ("WRITE", "DESCRIBE"), "facts it cannot load"),
+            Grant("topic", dlq, "literal", ("READ", "WRITE", "DESCRIBE"),
+                  "facts it cannot load; reads every dead letter into the store"),
+            Grant("topic", events, "prefixed", ("READ", "DESCRIBE"), "archives every accepted raw event in the store"),
+            Grant("group", f"{p}-raw-archive", "literal", ("READ", "DESCRIBE"), "the raw archive's group"),
+            Grant("group", f"{p}-dead-letters", "literal", ("READ", "DESCRIBE"), "the dead-letter archive's group"),
+            Grant("group", f"{p}-archive", "prefixed", ("READ", "DESCRIBE"), "`amb archive` (file export)"),
             idempotent,
         ]
     if principal == "serve":

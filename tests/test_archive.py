@@ -90,7 +90,7 @@ def test_archive_keeps_every_accepted_event_once(settings: Settings, events: lis
     # position per partition: past the last message seen, refused ones included
     assert positions(root)[("amb.events.RX6", 0)] == 10_000_001
     # the replay is the same events, so the oracle agrees
-    rec = recompute(settings, geo=geo)
+    rec = recompute(settings, geo=geo, source="files")
     assert rec.report.rows == compute(events, geo, geo).rows
     assert rec.records == len(events) and not rec.refused
 
@@ -131,11 +131,11 @@ def test_rebuild_then_reconcile_equal_and_a_lost_fact_is_reported(
     root = archive_dir(settings)
     for b in batches(as_messages(events, now), 2):
         archive_batch(root, b, now)
-    res = rebuild(settings, geo=geo)
+    res = rebuild(settings, geo=geo, source="files")
     assert res.problems == []
     oracle = compute(events, geo, geo)
     assert res.loaded["incident"] == len(oracle.incidents)
-    ok = reconcile(settings, DAY, DAY, geo=geo)
+    ok = reconcile(settings, DAY, DAY, geo=geo, source="files")
     assert ok.ok, [d for d in ok.differences if d.differs]
     assert any(d.store_rows for d in ok.differences if d.level == "england")
     # A correction the store never received: one incident's newest version is missing.
@@ -151,14 +151,14 @@ def test_rebuild_then_reconcile_equal_and_a_lost_fact_is_reported(
         others = [f for f in oracle.incidents if f is not victim]
         stale = dataclasses.replace(victim, disposition=None, open=True, conveyed=False, version=1)
         load_facts(store, "tamper", incidents=[*others, stale])
-    bad = reconcile(settings, DAY, DAY, geo=geo, levels=("england", "icb"))
+    bad = reconcile(settings, DAY, DAY, geo=geo, levels=("england", "icb"), source="files")
     assert not bad.ok
     facts = next(d for d in bad.differences if d.table == "incident_facts")
     assert (facts.changed, facts.missing, facts.extra) == (1, 0, 0)
     assert any(d.differs for d in bad.differences if d.table == "dispositions" and d.level == "england")
     # and a rebuild heals it
-    assert rebuild(settings, geo=geo).problems == []
-    assert reconcile(settings, DAY, DAY, geo=geo, levels=("england",)).ok
+    assert rebuild(settings, geo=geo, source="files").problems == []
+    assert reconcile(settings, DAY, DAY, geo=geo, levels=("england",), source="files").ok
 
 
 def test_commands_verify_rebuild_and_reconcile(settings: Settings, events: list[Event]) -> None:
@@ -172,16 +172,16 @@ def test_commands_verify_rebuild_and_reconcile(settings: Settings, events: list[
     runner = CliRunner()
     for cmd in (archive_cmd.command, rebuild_cmd.command, reconcile_cmd.command):
         assert "Example" in runner.invoke(cmd, ["--help"]).output
-    empty = runner.invoke(reconcile_cmd.command, [], env=env)
+    empty = runner.invoke(reconcile_cmd.command, ["--source", "files"], env=env)
     assert empty.exit_code != 0 and "archive" in str(empty.exception)
     now = int(time.time() * 1000)
     archive_batch(archive_dir(settings), as_messages(events[:300], now), now)
     out = runner.invoke(archive_cmd.command, ["--verify"], env=env)
     assert out.exit_code == 0 and "300 events" in out.output and "every checksum matches" in out.output
-    out = runner.invoke(rebuild_cmd.command, ["--yes"], env=env)
+    out = runner.invoke(rebuild_cmd.command, ["--yes", "--source", "files"], env=env)
     assert out.exit_code == 0, out.output
     out = runner.invoke(reconcile_cmd.command, ["--from", DAY.isoformat(), "--to", DAY.isoformat(),
-                                                "--level", "england"], env=env)
+                                                "--level", "england", "--source", "files"], env=env)
     assert out.exit_code == 0 and "0 differ" in out.output, out.output
     bad = runner.invoke(reconcile_cmd.command, ["--from", "2025-10-02", "--to", "2025-10-01"], env=env)
     assert bad.exit_code != 0

@@ -14,6 +14,9 @@ from sinks.queries import HANDOVER_LEVELS
 
 HELP = """Compare the store with a recompute from the raw archive; exit 1 if anything differs.
 
+The raw archive is the store's raw_events table (kept by `amb sink`), or with --source files
+the Avro files of `amb archive`.
+
 Recomputes every fact from the archive (as `amb rebuild` does, without writing) and compares, for
 incidents whose clock start falls in --from..--to (Europe/London days, inclusive; default all):
 the incident, handover and 111-call facts row by row, then every `amb query` table (dispositions,
@@ -42,13 +45,15 @@ class Differs(AmbError):
               type=click.Choice(HANDOVER_LEVELS),
               help="Compare the query tables at this level only (repeatable; default every level).")
 @click.option("--all-rows", is_flag=True, help="Print every compared table, not only those that differ.")
-def command(start: date | None, end: date | None, levels: tuple[str, ...], all_rows: bool) -> None:
+@click.option("--source", type=click.Choice(("store", "files")), default="store", show_default=True,
+              help="The raw archive: raw_events in the store (kept by `amb sink`) or `amb archive`'s files.")
+def command(start: date | None, end: date | None, levels: tuple[str, ...], all_rows: bool, source: str) -> None:
     from amb.rebuild import format_differences, reconcile
 
     if start and end and start > end:
         raise click.BadParameter(f"--from {start} is after --to {end}")
     settings = config.load()
-    res = reconcile(settings, start, end, progress=sys.stderr.isatty(), levels=levels or None)
+    res = reconcile(settings, start, end, progress=sys.stderr.isatty(), levels=levels or None, source=source)
     differing = [d for d in res.differences if d.differs]
     if all_rows or differing:
         click.echo(format_differences(res.differences, only_differing=not all_rows))

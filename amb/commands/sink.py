@@ -16,6 +16,12 @@ every insert carries a topic:partition:offsets deduplication token, so a crash o
 double counts (corrections move counts between cells). Undecodable messages go to
 AMB_TOPIC_PREFIX.dlq. Pending store migrations are applied first. A chDB store is opened by this
 process alone: stop the sink before `amb query` (or query a ClickHouse server at CLICKHOUSE_URL).
+
+The same process keeps the raw archive in the store (unless --no-archive): every event the worker
+accepts, from every trust's events topic, into raw_events (deduplicated by event id; what
+`amb rebuild --from` and `amb reconcile` recompute from), and every dead letter, with its
+reasons, into dead_letters (the data-quality scorecard). Own consumer groups
+AMB_TOPIC_PREFIX-raw-archive and AMB_TOPIC_PREFIX-dead-letters; offsets committed after each insert.
 Prometheus metrics on AMB_SINK_METRICS_PORT; SIGTERM or Ctrl-C stops after the current batch.
 
 \b
@@ -35,10 +41,12 @@ Examples:
 @click.option("--batch-seconds", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="Longest wait (seconds) to fill a batch.")
 @click.option("--group", default=None, help="Consumer group (default AMB_TOPIC_PREFIX-sink).")
+@click.option("--archive/--no-archive", default=True, show_default=True,
+              help="Also archive accepted raw events and dead letters into the store.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Prometheus port (default AMB_SINK_METRICS_PORT; 0 = off).")
 def command(max_messages: int | None, idle_timeout: float | None, batch_size: int, batch_seconds: float,
-            group: str | None, metrics_port: int | None) -> None:
+            group: str | None, archive: bool, metrics_port: int | None) -> None:
     from confluent_kafka import Consumer, Producer
 
     from amb.topics import dlq_topic, ensure_topics, incident_facts_topic, project_topics
@@ -56,8 +64,12 @@ def command(max_messages: int | None, idle_timeout: float | None, batch_size: in
     with opened(settings) as store:
         for m in mig.migrate(store, echo=click.echo):
             click.echo(f"applied {m.name}")
-        consumer = Consumer(consumer_config(settings.bootstrap, group or f"{settings.topic_prefix}-sink"))
-        producer = Producer({"bootstrap.servers": settings.bootstrap, "log_level": 0})
+        from amb.security import client_config
+
+        consumer = Consumer({**consumer_config(settings.bootstrap, group or f"{settings.topic_prefix}-sink"),
+                             **client_config(settings, "sink")})
+        producer = Producer({"bootstrap.servers": settings.bootstrap, "log_level": 0,
+                             **client_config(settings, "sink")})
         topic = incident_facts_topic(settings)
         consumer.subscribe([topic])
         sink = FactSink(store, consumer, producer, dlq_topic(settings), batch_size, batch_seconds, echo=click.echo)
@@ -67,11 +79,46 @@ def command(max_messages: int | None, idle_timeout: float | None, batch_size: in
 
         old = signal.signal(signal.SIGTERM, stop)
         click.echo(f"sink: {topic} -> {store.backend} ({settings.chdb_dir if store.backend == 'chdb' else 'server'})")
+        archivers = []
+        if archive:
+            from sinks.raw import dead_letter_archiver, raw_archiver
+
+            archivers = [raw_archiver(settings, store, batch_size), dead_letter_archiver(settings, store, batch_size)]
         try:
-            stats = sink.run(max_messages, idle_timeout)
+            if archivers:
+                stats = run_with_archivers(sink, archivers, max_messages, idle_timeout)
+            else:
+                stats = sink.run(max_messages, idle_timeout)
         finally:
             signal.signal(signal.SIGTERM, old)
             consumer.close()
+            for a in archivers:
+                a.close()
             producer.flush(30)
         click.echo(f"sink: {stats.messages} messages in {stats.batches} batches: {stats.applied} fact versions "
                    f"applied, {stats.stale} stale or superseded, {stats.dead} to the DLQ")
+        for a in archivers:
+            extra = f", {a.stats.refused} refused by validation (the worker's DLQ has them)" if a.stats.refused else ""
+            click.echo(f"sink: {a.stats.rows} rows archived into {a.table} in {a.stats.batches} batches{extra}")
+
+
+def run_with_archivers(sink: Any, archivers: list[Any], max_messages: int | None,
+                       idle_timeout: float | None) -> Any:
+    """One thread, one store connection: a fact batch, then a batch of each archive, in turn. With
+    ``idle_timeout``, stop once nothing arrived for that long and every archive is at the end of its
+    partitions (so a finite run leaves nothing unarchived)."""
+    import time
+
+    idle_since = time.monotonic()
+    while not sink.stopping and (max_messages is None or sink.stats.messages < max_messages):
+        left = None if max_messages is None else max_messages - sink.stats.messages
+        got = sink.step(left)
+        for a in archivers:
+            got += a.step()
+        if got:
+            idle_since = time.monotonic()
+        elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+            if all(a.caught_up() for a in archivers):
+                break
+            idle_since = time.monotonic()
+    return sink.stats

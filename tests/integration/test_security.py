@@ -71,7 +71,11 @@ def test_services_get_least_privilege(settings: Settings) -> None:
     assert sink[("topic", "amb.incident-facts", "literal")] == {"READ", "DESCRIBE"}
     assert sink[("group", "amb-sink", "prefixed")] >= {"READ"}
     assert "WRITE" in sink[("topic", "amb.dlq", "literal")]
-    assert not any(k[1].startswith("amb.events") for k in sink)
+    # The sink archives raw events and dead letters into the store: it reads them, never writes them.
+    assert sink[("topic", "amb.events.", "prefixed")] == {"READ", "DESCRIBE"}
+    assert "READ" in sink[("topic", "amb.dlq", "literal")]
+    assert sink[("group", "amb-raw-archive", "literal")] >= {"READ"}
+    assert not any("WRITE" in v for k, v in sink.items() if k[1].startswith("amb.events"))
     assert all("WRITE" not in v and "CREATE" not in v for v in serve.values()), "serve only reads"
     assert security.grants(settings, security.ADMIN) == [], "admin is a super user, not an ACL holder"
     with pytest.raises(AmbError, match="unknown principal"):
@@ -297,9 +301,15 @@ def test_the_worker_reads_every_trusts_events_but_cannot_write_them(ssettings: S
         KafkaError.TOPIC_AUTHORIZATION_FAILED]
     assert produce(ssettings.bootstrap, worker, topics.incident_facts_topic(ssettings), n=1) == [None]
     sink = security.client_config(ssettings, "sink", secure=True)
-    got, err = first_error_or_messages({"bootstrap.servers": ssettings.bootstrap, "group.id": "amb-sink-test", **sink},
+    # The sink archives raw events into the store: it reads them (its own group), never writes them.
+    got, err = first_error_or_messages({"bootstrap.servers": ssettings.bootstrap, "group.id": "amb-raw-archive", **sink},
+                                       subscribe=[rx6], done=lambda msgs: len(msgs) >= 2)
+    assert err is None and {m.topic() for m in got} == {rx6}
+    assert [e.code() if e else None for e in produce(ssettings.bootstrap, sink, rx6, n=1)] == [
+        KafkaError.TOPIC_AUTHORIZATION_FAILED]
+    got, err = first_error_or_messages({"bootstrap.servers": ssettings.bootstrap, "group.id": "not-a-sink-group", **sink},
                                        subscribe=[rx6])
-    assert got == [] and err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert got == [] and err is not None and err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
 
 
 FAUST_APP = textwrap.dedent('''
