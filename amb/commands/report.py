@@ -62,3 +62,59 @@ def icb_command(icb: str, period: str | None, start: date | None, end: date | No
     path.write_text(built.html(), encoding="utf-8")
     click.echo(built.text())
     click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+@command.command("quality", help="""The data-quality scorecard per trust, from the raw archive that `amb sink`
+keeps in the store: how late events arrive (when the trust sent each event, its earliest copy,
+minus when it happened: 50th/90th/99th centiles in minutes and the shares later than 1 hour,
+24 hours and the 7-day late-arrival horizon), how often dispositions are corrected (incidents
+with more than one disposition event), and how many messages were refused (dead letters, by
+reason). Events by event time, dead letters by when they were refused, Europe/London days.
+Definitions: domain/data_quality.py. Fails clearly if the store holds no raw events (started with
+`amb sink --no-archive`) rather than printing zeros.
+
+\b
+Example:
+  amb report quality --period 2026-10
+  amb report quality --from 2026-10-01 --to 2026-10-07 --trust RX7 --format csv
+""")
+@click.option("--period", default=None, metavar="YYYY-MM", help="A calendar month (Europe/London).")
+@click.option("--from", "start", callback=_date, default=None, help="First day (YYYY-MM-DD).")
+@click.option("--to", "end", callback=_date, default=None, help="Last day, inclusive.")
+@click.option("--trust", "trusts", multiple=True, help="Only this trust (ODS code; repeatable).")
+@click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table", show_default=True)
+def quality_command(period: str | None, start: date | None, end: date | None, trusts: tuple[str, ...],
+                    fmt: str) -> None:
+    import csv
+    import io
+    import json
+
+    from amb.insight.quality import scorecard, table_rows
+    from amb.insight.report import Period
+    from domain.data_quality import COLUMNS
+    from domain.metrics import format_table
+
+    per = Period.parse(period, start, end)
+    settings = config.load()
+    with migrated_store(settings) as store:
+        card = scorecard(store, per.lo_ms, per.hi_ms, list(trusts) or None)
+    rows = table_rows(card)
+    dead = [(t or "unknown", r, n) for (t, r), n in sorted(card.dead_by_reason.items())]
+    if fmt == "json":
+        click.echo(json.dumps({"period": per.label, "trusts": [dict(zip(("trust", *COLUMNS), r, strict=True))
+                                                               for r in rows],
+                               "dead_letters": [{"trust": t, "reason": r, "count": n} for t, r, n in dead]},
+                              indent=1))
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(("trust", *COLUMNS))
+        w.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    click.echo(f"data quality, {per.label}")
+    click.echo(format_table(("trust", *COLUMNS), [tuple("" if v is None else v for v in r) for r in rows]))
+    if dead:
+        click.echo("\ndead letters by reason")
+        click.echo(format_table(("trust", "reason", "dead_letters"), dead))

@@ -22,16 +22,18 @@ class BuiltReport:
     ods: str
     raw: Figures
     published: Figures
+    scorecard: str | None = None
+    """The data-quality scorecard section (HTML), from the raw archive; None if not built."""
 
     def html(self) -> str:
         from amb.insight.render import render_html
 
-        return render_html(self.published, self.ctx, self.ods)
+        return render_html(self.published, self.ctx, self.ods, self.scorecard)
 
     def body(self) -> str:
         from amb.insight.render import render_body
 
-        return render_body(self.published, self.ctx, self.ods)
+        return render_body(self.published, self.ctx, self.ods, self.scorecard)
 
     def text(self) -> str:
         from amb.insight.render import render_text
@@ -51,4 +53,6 @@ def build_report(source: object, icb: str, period: str | None, start: date | Non
     ctx = ref.context(code, per)
     raw = rep.figures(source, ctx)  # type: ignore[arg-type]
     ods = next((o for o, c in ref.areas.ods.items() if c == code), "")
-    return BuiltReport(ctx, per, ods, raw, disclose(raw))
+    from amb.insight.quality import scorecard_html
+
+    return BuiltReport(ctx, per, ods, raw, disclose(raw), scorecard_html(source, ctx.lo_ms, ctx.hi_ms))  # type: ignore[arg-type]

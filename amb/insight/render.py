@@ -184,7 +184,7 @@ def _col(t: Table, row: Sequence[Any], col: str) -> Any:
     return row[t.columns.index(col)]
 
 
-def render_body(pub: Figures, ctx: Context, ods: str = "") -> str:
+def render_body(pub: Figures, ctx: Context, ods: str = "", scorecard: str | None = None) -> str:
     """The report's content (used inside the web page and in the standalone file)."""
     std = pub["standards"]
     icb_name = ctx.name(ctx.icb)
@@ -272,16 +272,19 @@ def render_body(pub: Figures, ctx: Context, ods: str = "") -> str:
     out.append("<h2>Data quality by trust</h2>")
     out.append(html_table(pub["quality"]))
     out.append(html_table(pub["quality_geo"]))
-    out.append("".join(f'<p class="note">{html.escape(NOTES[k])}</p>' for k in ("dead_letters", "corrections")))
+    notes = ("corrections",) if scorecard is not None else ("dead_letters", "corrections")
+    out.append("".join(f'<p class="note">{html.escape(NOTES[k])}</p>' for k in notes))
+    if scorecard is not None:
+        out.append(scorecard)
     return "\n".join(out)
 
 
-def render_html(pub: Figures, ctx: Context, ods: str = "") -> str:
+def render_html(pub: Figures, ctx: Context, ods: str = "", scorecard: str | None = None) -> str:
     """The whole standalone page."""
     title = html.escape(f"{ctx.name(ctx.icb)}: ambulance report {ctx.label}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-            f"<body><main>{render_body(pub, ctx, ods)}</main></body></html>\n")
+            f"<body><main>{render_body(pub, ctx, ods, scorecard)}</main></body></html>\n")
 
 
 # ---------------------------------------------------------------------------------------- terminal
