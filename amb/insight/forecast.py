@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from domain.metrics import HOUR_MS, LONDON
 from sinks.queries import london_midnight_s
@@ -150,6 +149,8 @@ def fit_predict(history: HourlySeries, hours: I64, level: float = DEFAULT_LEVEL)
     phi = float(np.sum((y - mu_hist) ** 2 / np.maximum(mu_hist, 1e-9)) / dof)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     mean = np.maximum(mean, 1e-9)
+    from scipy import stats  # here, not at import: scipy.stats costs every `amb` command 0.9 s to start
+
     if phi > 1.0:
         alpha = (phi - 1.0) / max(float(mu_hist.mean()), 1e-9)
         n = 1.0 / alpha
