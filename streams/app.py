@@ -16,6 +16,10 @@ Choices, and why:
   until the session expires, so this is how long its partitions stall before another worker (or
   its own restart) takes them over. Heartbeats run in Faust's consumer thread, so a long batch
   does not expire the session.
+- consumer metadata refreshed every 15 s (Faust/aiokafka default: 5 min): a worker that joins
+  while a restarted broker still reports its topics without partitions is assigned nothing ("Ignoring
+  missing topic"); the group leader only rebalances once its metadata shows the partitions, so the
+  default left the worker idle for 5 minutes after a broker restart (seen in the chaos suite).
 - offsets are committed every 2.8 s (Faust's default) and after 10,000 acks, only for batches
   whose changelog records, facts and dead letters were all delivered (streams.agents).
 - an exception in the agent must not ack the batch it interrupted: the agent exits the process
@@ -73,6 +77,7 @@ def create_app(
         processing_guarantee="at_least_once",
         table_standby_replicas=0,
         broker_session_timeout=10.0,
+        consumer_metadata_max_age_ms=15_000,
         stream_buffer_maxsize=16_384,
         consumer_max_fetch_size=4 * 1024 * 1024,
         producer_linger=0.005,

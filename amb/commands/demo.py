@@ -115,6 +115,10 @@ def run_demo(settings: Settings, day: date, trusts: list[str] | None, seed: int,
     with opened(settings) as store:
         for name, q in specs.items():
             tables[name] = [tuple(r) for r in queries.run(store, q)]
+        raw = store.query("SELECT uniqExact(event_id) FROM raw_events").scalar()
+        dead = store.query("SELECT count() FROM dead_letters FINAL").scalar()
+    click.echo(f"    raw archive in the store: {int(raw or 0):,} distinct accepted events, {int(dead or 0):,} dead "
+               "letters with their reasons (`amb report quality`, `amb rebuild --from`)", err=True)
     oracle_tables = _oracle_tables(settings, cfg, pool, specs, clean_events, published_at_ms)
     mismatches = [name for name in specs if _norm(tables[name]) != _norm(oracle_tables[name])]
     seconds["query_and_oracle"] = time.perf_counter() - t

@@ -182,15 +182,19 @@ def _lag(consumer: Any, group_topics: Sequence[str], ends_only: dict[tuple[str, 
 
 
 def drained(s: Settings, trusts: Sequence[str]) -> bool:
-    """Worker (group <prefix>-worker) and sink (<prefix>-sink) have committed everything on their
-    input topics, and the archive's own positions are at the events topics' ends."""
+    """Worker (group <prefix>-worker) and sink (<prefix>-sink, and its raw and dead-letter archives)
+    have committed everything on their input topics, and the file archive's own positions are at
+    the events topics' ends."""
     from confluent_kafka import Consumer
 
     from amb.archive import archive_dir, positions
     from amb.topics import incident_facts_topic
 
     events = [events_topic(s, t) for t in trusts]
+    from amb.topics import dlq_topic
+
     checks = ((f"{s.topic_prefix}-worker", events, None), (f"{s.topic_prefix}-sink", [incident_facts_topic(s)], None),
+              (f"{s.topic_prefix}-raw-archive", events, None), (f"{s.topic_prefix}-dead-letters", [dlq_topic(s)], None),
               (f"{s.topic_prefix}-peek", events, positions(archive_dir(s))))
     for group, topics, ends in checks:
         c = Consumer({"bootstrap.servers": s.bootstrap, "group.id": group, "enable.auto.commit": False,
