@@ -72,7 +72,7 @@ class WorkerOptions:
     """How one `amb worker` process runs (the CLI flags)."""
 
     batch_size: int = 10_000
-    batch_within: float = 1.0
+    batch_within: float = 0.2
     max_messages: int | None = None
     idle_timeout: float | None = None
     naive: bool = False
