@@ -300,6 +300,13 @@ class RawMessage:
     key: bytes | None
     value: bytes | None
 
+    @classmethod
+    def of(cls, m: Any) -> RawMessage:
+        """From a confluent_kafka.Message (a missing timestamp is 0)."""
+        ts_type, ts = m.timestamp()
+        return cls(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0), ts if ts_type and ts > 0 else 0,
+                   m.key(), m.value())
+
 
 @dataclass
 class ArchiveStats:
@@ -474,23 +481,12 @@ class Archiver:
         self.stopping = True
 
     def step(self, limit: int) -> int:
-        from confluent_kafka import KafkaError, TopicPartition
+        from confluent_kafka import TopicPartition
 
-        msgs: list[RawMessage] = []
-        deadline = time.monotonic() + self.batch_seconds
-        while len(msgs) < limit and not self.stopping:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for m in self.consumer.consume(num_messages=min(limit - len(msgs), 10_000), timeout=min(left, 0.5)):
-                err = m.error()
-                if err is not None:
-                    if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                        continue
-                    raise AmbError(f"archive: Kafka error reading {m.topic()}: {err}")
-                ts_type, ts = m.timestamp()
-                msgs.append(RawMessage(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0),
-                                       ts if ts_type and ts > 0 else 0, m.key(), m.value()))
+        from sinks.sink import take_batch
+
+        msgs = [RawMessage.of(m) for m in take_batch(self.consumer, limit, self.batch_seconds, missing_topics_ok=True,
+                                                     stopping=lambda: self.stopping, what="archive: ")]
         if not msgs:
             return 0
         nxt = archive_batch(self.root, msgs, int(time.time() * 1000), self.validate, self.stats)

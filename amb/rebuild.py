@@ -81,16 +81,21 @@ def _records(t: pa.Table) -> list[ArchivedRecord]:
 
 
 def store_events(settings: Settings, store: Any, where: str = "1", params: dict[str, Any] | None = None,
-                 refused: list[tuple[ArchivedRecord, str]] | None = None) -> tuple[list[Event], int]:
+                 refused: list[tuple[ArchivedRecord, str]] | None = None
+                 ) -> tuple[list[Event], int, list[tuple[str, str]]]:
     """The store's archived events (``raw_events FINAL`` rows matching ``where``), re-validated with
-    the clock they were accepted with; refused ones go to ``refused``. Returns (events, rows read)."""
+    the clock they were accepted with; refused ones go to ``refused``. Returns (events, rows read,
+    the distinct (trust, incident id) of the rows read, refused ones included)."""
     from amb.archive import revalidate
     from amb.codec import Codec
 
-    t = store.query_arrow(f"SELECT {RAW_COLUMNS} FROM raw_events FINAL WHERE {where}", params or {})
-    recs = _records(t) if t.num_rows else []
+    t = store.query_arrow(f"SELECT {RAW_COLUMNS}, incident_id FROM raw_events FINAL WHERE {where}", params or {})
+    if t.num_rows == 0:
+        return [], 0, []
+    keys = sorted(set(zip(t.column("trust").to_pylist(), t.column("incident_id").to_pylist(), strict=True)))
+    recs = _records(t.drop_columns(["incident_id"]))
     events = list(revalidate(recs, Codec.from_settings(settings).decode_and_validate, refused))
-    return events, len(recs)
+    return events, len(recs), [(str(a), str(b)) for a, b in keys]
 
 
 def recompute(settings: Settings, progress: bool = False, geo: Any = None, source: str = "store",
@@ -103,9 +108,9 @@ def recompute(settings: Settings, progress: bool = False, geo: Any = None, sourc
             from sinks.store import opened
 
             with opened(settings) as s:
-                events, n = store_events(settings, s, refused=refused_rows)
+                events, n, _ = store_events(settings, s, refused=refused_rows)
         else:
-            events, n = store_events(settings, store, refused=refused_rows)
+            events, n, _ = store_events(settings, store, refused=refused_rows)
         if n == 0:
             raise AmbError("the raw archive (raw_events) is empty: `amb sink` fills it (unless --no-archive)")
         return Recomputed(compute(events, _geo(settings, geo), _geo(settings, geo)), n, 0, refused_rows)
@@ -367,8 +372,9 @@ def _replace_kind(store: Any, kind: Any, scope: list[tuple[str, str]], new: pa.T
         return
     keys_t = pa.table({"trust": [k[0] for k in scope], kind.id_column: [k[1] for k in scope]})
     stored = stored_versions(store, kind, keys_t)
-    want = {k: r for k, r in zip(_keys(new, kind.id_column), _rows(new), strict=True)}
-    have = {k: r for k, r in zip(_keys(stored, kind.id_column), _rows(stored), strict=True)}
+    new_keys, stored_keys = _keys(new, kind.id_column), _keys(stored, kind.id_column)
+    want = dict(zip(new_keys, _rows(new), strict=True))
+    have = dict(zip(stored_keys, _rows(stored), strict=True))
     scope_keys = set(_keys(keys_t, kind.id_column))
     stale = sorted(k for k in have if k in scope_keys and want.get(k) != have[k])
     fresh = [k for k in want if k not in have or want[k] != have[k]]
@@ -376,7 +382,8 @@ def _replace_kind(store: Any, kind: Any, scope: list[tuple[str, str]], new: pa.T
     res.removed[kind.name] += sum(1 for k in stale if k not in want)
     res.added[kind.name] += sum(1 for k in fresh if k not in have)
     if stale:
-        idx = [i for i, k in enumerate(_keys(stored, kind.id_column)) if k in set(stale)]
+        gone = set(stale)
+        idx = [i for i, k in enumerate(stored_keys) if k in gone]
         old = stored.take(pa.array(idx, pa.int64()))
         minus = old.append_column(SIGN, pa.array(np.full(old.num_rows, -1, np.int8)))
         store.insert_arrow(kind.changes_table, minus, f"{token}:{kind.name}:retract:{_digest(minus)}")
@@ -384,7 +391,8 @@ def _replace_kind(store: Any, kind: Any, scope: list[tuple[str, str]], new: pa.T
         for table in (kind.changes_table, kind.facts_table):
             store.command(f"ALTER TABLE {table} DELETE WHERE {cond} SETTINGS mutations_sync = 2", {"keys": stale})
     if fresh:
-        idx = [i for i, k in enumerate(_keys(new, kind.id_column)) if k in set(fresh)]
+        load = set(fresh)
+        idx = [i for i, k in enumerate(new_keys) if k in load]
         load_kind(store, kind, new.take(pa.array(idx, pa.int64())), f"{token}:{kind.name}:load")
 
 
@@ -425,12 +433,10 @@ def rebuild_from(settings: Settings, since: date, until: date | None = None, pro
             scope_sql = (f"(trust, incident_id) IN (SELECT DISTINCT trust, incident_id FROM raw_events "
                          f"WHERE {window} AND cityHash64(trust, incident_id) % {{n:UInt64}} = {{c:UInt64}})")
             refused: list[tuple[ArchivedRecord, str]] = []
-            events, _rows_read = store_events(settings, s, scope_sql, pc_, refused)
+            # every row read is of an incident in scope, and each has one: its keys are the scope
+            events, _rows_read, scope_keys = store_events(settings, s, scope_sql, pc_, refused)
             res.events += len(events)
             res.refused += len(refused)
-            scope = s.query(f"SELECT DISTINCT trust, incident_id FROM raw_events WHERE {window} "
-                            "AND cityHash64(trust, incident_id) % {n:UInt64} = {c:UInt64}", pc_).rows
-            scope_keys = [(str(a), str(b)) for a, b in scope]
             rep = compute(events, geo, geo)
             token = f"rebuild:{run_id}:{c}"
             # Calls are keyed by call id; their events carry it as the incident id of the raw row.

@@ -77,6 +77,14 @@ def figures(lateness: list[int], dispositions: Mapping[str, int], dead: int) -> 
                sum(c > 1 for c in dispositions.values()), sum(c - 1 for c in dispositions.values() if c > 1), dead)
 
 
+def dead_totals(dead: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """Dead letters per trust, from counts per (trust, reason)."""
+    out: dict[str, int] = defaultdict(int)
+    for (trust, _reason), n in dead.items():
+        out[trust] += n
+    return dict(out)
+
+
 def scorecard(sent: Iterable[tuple[Event, int]], dead_letters: Iterable[tuple[str, str, int]],
               start_ms: int, end_ms: int) -> Scorecard:
     """``sent``: (event, Kafka timestamp of this copy), duplicates included; ``dead_letters``:
@@ -99,9 +107,7 @@ def scorecard(sent: Iterable[tuple[Event, int]], dead_letters: Iterable[tuple[st
     for trust, reason, at in dead_letters:
         if start_ms <= at < end_ms:
             dead[(trust, reason)] += 1
-    dead_total: dict[str, int] = defaultdict(int)
-    for (trust, _reason), n in dead.items():
-        dead_total[trust] += n
+    dead_total = dead_totals(dead)
     trusts = sorted(set(lateness) | set(dead_total))
     return Scorecard({t: figures(lateness.get(t, []), disp.get(t, {}), dead_total.get(t, 0))
                       for t in trusts}, dict(dead))

@@ -24,7 +24,6 @@ from typing import Any, Final
 import pyarrow as pa
 
 from amb.archive import RawMessage, Validator, accept
-from amb.errors import AmbError
 from sinks.store import Store
 
 RAW_SCHEMA: Final = pa.schema([
@@ -119,38 +118,25 @@ def batch_token(table: str, messages: Sequence[Any]) -> str:
 class TopicArchiver:
     """take a batch -> rows -> insert (token) -> commit, for one table; see the module docstring."""
 
-    def __init__(self, store: Store, consumer: Any, table: str, to_rows: Callable[[Sequence[Any]], pa.Table],
-                 batch_size: int = 20_000, batch_seconds: float = 0.2) -> None:
+    def __init__(self, store: Store, consumer: Any, topics: Sequence[str], table: str,
+                 to_rows: Callable[[Sequence[Any]], pa.Table], batch_size: int = 20_000,
+                 batch_seconds: float = 0.2) -> None:
         self.store, self.consumer, self.table, self.to_rows = store, consumer, table, to_rows
         self.batch_size, self.batch_seconds = batch_size, batch_seconds
         self.stats = RawStats()
         self.assigned: list[Any] = []
+        consumer.subscribe(list(topics), on_assign=self.on_assign)
 
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.assigned = list(partitions)
 
-    def take(self) -> list[Any]:
-        from confluent_kafka import KafkaError
-
-        out: list[Any] = []
-        deadline = time.monotonic() + self.batch_seconds
-        while len(out) < self.batch_size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for m in self.consumer.consume(num_messages=min(self.batch_size - len(out), 10_000),
-                                           timeout=min(left, 0.2)):
-                err = m.error()
-                if err is None:
-                    out.append(m)
-                elif err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    raise AmbError(f"{self.table}: Kafka error reading {m.topic()}: {err}")
-        return out
-
     def step(self) -> int:
         from confluent_kafka import TopicPartition
 
-        msgs = self.take()
+        from sinks.sink import take_batch
+
+        msgs = take_batch(self.consumer, self.batch_size, self.batch_seconds, poll=0.2, missing_topics_ok=True,
+                          what=f"{self.table}: ")
         if not msgs:
             return 0
         rows = self.to_rows(msgs)
@@ -182,37 +168,29 @@ class TopicArchiver:
         self.consumer.close()
 
 
-def _consumer(settings: Any, group: str, topics: list[str], archiver_holder: list[TopicArchiver]) -> Any:
+def consumer(settings: Any, group: str) -> Any:
+    """A manual-commit consumer as the sink principal (not yet subscribed)."""
     from confluent_kafka import Consumer
 
     from amb.security import client_config
     from sinks.sink import consumer_config
 
-    c = Consumer({**consumer_config(settings.bootstrap, group), "topic.metadata.refresh.interval.ms": 5000,
-                  **client_config(settings, "sink")})
-    c.subscribe(topics, on_assign=lambda cons, parts: archiver_holder[0].on_assign(cons, parts))
-    return c
+    return Consumer({**consumer_config(settings.bootstrap, group), "topic.metadata.refresh.interval.ms": 5000,
+                     **client_config(settings, "sink")})
 
 
-def raw_archiver(settings: Any, store: Store, batch_size: int = 20_000) -> TopicArchiver:
+def raw_archiver(settings: Any, store: Store, batch_size: int = 20_000, group: str | None = None) -> TopicArchiver:
     """Every trust's events topic -> ``raw_events`` (group ``<prefix>-raw-archive``)."""
     from amb.codec import Codec
     from amb.topics import events_pattern
 
     validate = Codec.from_settings(settings).decode_and_validate
-    stats_holder: list[TopicArchiver] = []
 
     def rows(msgs: Sequence[Any]) -> pa.Table:
-        raw = []
-        for m in msgs:
-            ts_type, ts = m.timestamp()
-            raw.append(RawMessage(str(m.topic()), int(m.partition() or 0), int(m.offset() or 0),
-                                  ts if ts_type and ts > 0 else 0, m.key(), m.value()))
-        return raw_rows(raw, int(time.time() * 1000), validate, stats_holder[0].stats)
+        return raw_rows([RawMessage.of(m) for m in msgs], int(time.time() * 1000), validate, arch.stats)
 
-    consumer = _consumer(settings, f"{settings.topic_prefix}-raw-archive", [events_pattern(settings)], stats_holder)
-    arch = TopicArchiver(store, consumer, RAW_TABLE, rows, batch_size)
-    stats_holder.append(arch)
+    arch = TopicArchiver(store, consumer(settings, group or f"{settings.topic_prefix}-raw-archive"),
+                         [events_pattern(settings)], RAW_TABLE, rows, batch_size)
     return arch
 
 
@@ -220,8 +198,5 @@ def dead_letter_archiver(settings: Any, store: Store, batch_size: int = 20_000) 
     """The ``<prefix>.dlq`` topic -> ``dead_letters`` (group ``<prefix>-dead-letters``)."""
     from amb.topics import dlq_topic
 
-    holder: list[TopicArchiver] = []
-    consumer = _consumer(settings, f"{settings.topic_prefix}-dead-letters", [dlq_topic(settings)], holder)
-    arch = TopicArchiver(store, consumer, DEAD_TABLE, dead_letter_rows, batch_size)
-    holder.append(arch)
-    return arch
+    return TopicArchiver(store, consumer(settings, f"{settings.topic_prefix}-dead-letters"), [dlq_topic(settings)],
+                         DEAD_TABLE, dead_letter_rows, batch_size)

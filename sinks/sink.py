@@ -68,6 +68,13 @@ class SinkError(AmbError):
     """The broker reported an error the sink cannot skip."""
 
 
+class Archive(Protocol):
+    """A consumer the sink runs beside its facts (sinks.raw.TopicArchiver)."""
+
+    def step(self) -> int: ...
+    def caught_up(self) -> bool: ...
+
+
 class Message(Protocol):
     """What the sink needs of a Kafka message (confluent_kafka.Message has it)."""
 
@@ -183,21 +190,8 @@ class FactSink:
         DEAD.inc()
 
     def take(self, limit: int) -> list[Message]:
-        """Up to ``limit`` messages within ``batch_seconds`` (returns early once any arrived and the
-        time is up); broker errors other than partition EOF raise."""
-        out: list[Message] = []
-        deadline = time.monotonic() + self.batch_seconds
-        while len(out) < limit:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for m in self.consumer.consume(num_messages=min(limit - len(out), 10_000), timeout=min(left, 0.5)):
-                err = m.error()
-                if err is None:
-                    out.append(m)
-                elif not _is_eof(err):
-                    raise SinkError(f"Kafka error reading {m.topic()}: {err}")
-        return out
+        """Up to ``limit`` messages within ``batch_seconds``; broker errors other than partition EOF raise."""
+        return take_batch(self.consumer, limit, self.batch_seconds)
 
     def step(self, limit: int | None = None) -> int:
         """One batch: take, load (with retries), flush dead letters, commit. Returns messages taken."""
@@ -249,23 +243,49 @@ class FactSink:
                 continue
             LAG.labels(t, str(p)).set(max(0, high - committed))
 
-    def run(self, max_messages: int | None = None, idle_timeout: float | None = None) -> SinkStats:
+    def run(self, max_messages: int | None = None, idle_timeout: float | None = None,
+            archives: Sequence[Archive] = ()) -> SinkStats:
         """Loop until ``max_messages`` were loaded or nothing arrived for ``idle_timeout`` seconds
-        (None: forever)."""
+        (None: forever). ``archives`` (sinks.raw) take a batch each after every fact batch, in this
+        thread on this store connection; an idle stop also waits until each is at the end of its
+        partitions, so a finite run leaves nothing unarchived."""
         idle_since = time.monotonic()
         while not self.stopping and (max_messages is None or self.stats.messages < max_messages):
             left = None if max_messages is None else max_messages - self.stats.messages
-            if self.step(left):
+            got = self.step(left)
+            for a in archives:
+                got += a.step()
+            if got:
                 idle_since = time.monotonic()
             elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-                break
+                if all(a.caught_up() for a in archives):
+                    break
+                idle_since = time.monotonic()
         return self.stats
 
 
-def _is_eof(err: Any) -> bool:
+def take_batch(consumer: Any, limit: int, seconds: float, *, poll: float = 0.5, missing_topics_ok: bool = False,
+               stopping: Callable[[], bool] = lambda: False, what: str = "") -> list[Any]:
+    """Up to ``limit`` messages within ``seconds`` (a backlog fills the batch at once; light load
+    waits out the time), for every consume -> insert -> commit loop of the platform. Partition EOF
+    is skipped, and with ``missing_topics_ok`` (pattern subscriptions) an unknown topic too; any
+    other broker error raises :class:`SinkError` (``what`` names the loop in the message)."""
     from confluent_kafka import KafkaError
 
-    return bool(err.code() == KafkaError._PARTITION_EOF)
+    skip = {KafkaError._PARTITION_EOF, *((KafkaError.UNKNOWN_TOPIC_OR_PART,) if missing_topics_ok else ())}
+    out: list[Any] = []
+    deadline = time.monotonic() + seconds
+    while len(out) < limit and not stopping():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for m in consumer.consume(num_messages=min(limit - len(out), 10_000), timeout=min(left, poll)):
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() not in skip:
+                raise SinkError(f"{what}Kafka error reading {m.topic()}: {err}")
+    return out
 
 
 def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:

@@ -85,14 +85,12 @@ Example:
 @click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table", show_default=True)
 def quality_command(period: str | None, start: date | None, end: date | None, trusts: tuple[str, ...],
                     fmt: str) -> None:
-    import csv
-    import io
     import json
 
     from amb.insight.quality import scorecard, table_rows
     from amb.insight.report import Period
     from domain.data_quality import COLUMNS
-    from domain.metrics import format_table
+    from sinks.queries import render
 
     per = Period.parse(period, start, end)
     settings = config.load()
@@ -107,14 +105,10 @@ def quality_command(period: str | None, start: date | None, end: date | None, tr
                               indent=1))
         return
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(("trust", *COLUMNS))
-        w.writerows(rows)
-        click.echo(buf.getvalue(), nl=False)
+        click.echo(render(("trust", *COLUMNS), rows, "csv"))
         return
     click.echo(f"data quality, {per.label}")
-    click.echo(format_table(("trust", *COLUMNS), [tuple("" if v is None else v for v in r) for r in rows]))
+    click.echo(render(("trust", *COLUMNS), rows, "table"))
     if dead:
         click.echo("\ndead letters by reason")
-        click.echo(format_table(("trust", "reason", "dead_letters"), dead))
+        click.echo(render(("trust", "reason", "dead_letters"), dead, "table"))

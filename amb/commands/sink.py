@@ -86,10 +86,7 @@ def command(max_messages: int | None, idle_timeout: float | None, batch_size: in
 
             archivers = [raw_archiver(settings, store, batch_size), dead_letter_archiver(settings, store, batch_size)]
         try:
-            if archivers:
-                stats = run_with_archivers(sink, archivers, max_messages, idle_timeout)
-            else:
-                stats = sink.run(max_messages, idle_timeout)
+            stats = sink.run(max_messages, idle_timeout, archivers)
         finally:
             signal.signal(signal.SIGTERM, old)
             consumer.close()
@@ -102,24 +99,3 @@ def command(max_messages: int | None, idle_timeout: float | None, batch_size: in
             extra = f", {a.stats.refused} refused by validation (the worker's DLQ has them)" if a.stats.refused else ""
             click.echo(f"sink: {a.stats.rows} rows archived into {a.table} in {a.stats.batches} batches{extra}")
 
-
-def run_with_archivers(sink: Any, archivers: list[Any], max_messages: int | None,
-                       idle_timeout: float | None) -> Any:
-    """One thread, one store connection: a fact batch, then a batch of each archive, in turn. With
-    ``idle_timeout``, stop once nothing arrived for that long and every archive is at the end of its
-    partitions (so a finite run leaves nothing unarchived)."""
-    import time
-
-    idle_since = time.monotonic()
-    while not sink.stopping and (max_messages is None or sink.stats.messages < max_messages):
-        left = None if max_messages is None else max_messages - sink.stats.messages
-        got = sink.step(left)
-        for a in archivers:
-            got += a.step()
-        if got:
-            idle_since = time.monotonic()
-        elif idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-            if all(a.caught_up() for a in archivers):
-                break
-            idle_since = time.monotonic()
-    return sink.stats

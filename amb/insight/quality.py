@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from amb.errors import AmbError
-from domain.data_quality import COLUMNS, HORIZON_MS, HOUR_MS, Scorecard, row
+from domain.data_quality import COLUMNS, HORIZON_MS, HOUR_MS, Scorecard, dead_totals, row
 from sinks.store import Result
 
 _WINDOW: Final = "event_time_ms >= {lo:Int64} AND event_time_ms < {hi:Int64}"
@@ -58,9 +58,7 @@ def scorecard(store: Source, start_ms: int, end_ms: int, trusts: Sequence[str] |
     disp = {str(r[0]): r[1:] for r in store.query(DISPOSITIONS_SQL.replace("{where}", where), params).rows}
     dead_rows = store.query(DEAD_SQL.replace("{trusts}", _TRUSTS if trusts else ""), params).rows
     dead = {(str(t), str(r)): int(n) for t, r, n in dead_rows}
-    dead_total: dict[str, int] = {}
-    for (t, _r), n in dead.items():
-        dead_total[t] = dead_total.get(t, 0) + n
+    dead_total = dead_totals(dead)
     out = {}
     for t in sorted(set(ev) | set(dead_total)):
         e = ev.get(t, (0, None, None, None, 0, 0, 0))

@@ -87,12 +87,7 @@ def test_sink_archivers_keep_every_accepted_event_once_and_every_dead_letter(
     drain([again])
     assert again.stats.rows == 0
     again.close()
-    replay = raw_archiver(s, store)
-    replay.consumer.close()
-    from sinks.raw import _consumer
-
-    holder = [replay]
-    replay.consumer = _consumer(s, f"replay-{uuid.uuid4().hex[:8]}", [f"^{s.topic_prefix}\\.events\\..*"], holder)
+    replay = raw_archiver(s, store, group=f"replay-{uuid.uuid4().hex[:8]}")
     drain([replay])
     assert replay.stats.rows == len(events)
     assert store.query("SELECT count() FROM raw_events FINAL").scalar() == len(distinct)
