@@ -7,8 +7,9 @@ names a running broker. A simulated feed of every trust (the default mess: dupli
 shuffled, corrected events) is published once per contestant to its own topic prefix (so its own
 consumer group); publishing is not timed. Then, in the same run:
 
-* ``amb worker``: the real worker process (take_events batches, rocksdict table), its rate from
-  its first batch to its last one delivered (changelog, facts and dead letters broker-acked);
+* ``amb worker``: the real worker process (bulk batches through streams.bulk, rocksdict table),
+  its rate from its first batch to its last one delivered (changelog, facts and dead letters
+  broker-acked);
 * baseline: ``amb worker --naive --store memory``, a per-event agent without batching (every
   event its own table write, fact send and attributor call), on the same feed;
 * baseline: raw confluent-kafka consume of the same topics (the ceiling of reading them at all);
@@ -17,7 +18,10 @@ consumer group); publishing is not timed. Then, in the same run:
 * the worker's CPU: events per CPU-second of the worker process (user + system, from its rusage,
   less that of the same worker started on empty topics: start-up, the --timeout wait, shut-down),
   which other people's load on a shared machine changes much less than the wall-clock rate;
-* ``amb worker --batch-size 10000``: bigger take() batches, same feed;
+* ``amb worker --batch-within 1.0``: batches given a second to fill instead of 0.2 s, same feed;
+* Faust alone, an agent that does nothing (bench/faust_paths.py): its per-message stream
+  (``take_events``, the worker's path before streams.bulk) against streams.bulk's batches of
+  records, on the same topics: how much of the worker's rate each path leaves;
 * worker RSS holding 100k incident states (1M without ``--quick``), against the same worker's RSS
   with no state (from its own process_resident_memory_bytes). bench/bench_state_rss.py measures
   1M and 10M states without Kafka.
@@ -170,6 +174,17 @@ def raw_consume(s: Settings, n: int) -> float:
     return n / elapsed
 
 
+def faust_path(s: Settings, n: int, mode: str) -> float:
+    """Messages/s Faust hands a do-nothing agent by ``mode`` (bench/faust_paths.py, a subprocess)."""
+    script = Path(__file__).with_name("faust_paths.py")
+    out = subprocess.run([sys.executable, str(script), "--bootstrap", s.bootstrap, "--prefix", s.topic_prefix,
+                          "--n", str(n), "--mode", mode], capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith(f"{mode} ")), None)
+    if line is None:
+        raise SystemExit(f"faust_paths {mode} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return float(line.split()[1])
+
+
 def batch_step_alone(events: list[Event], geo: IndexGeo, batch: int = 2000) -> float:
     codec, now = default_codec(), int(time.time() * 1000)
     msgs = [InMessage(f"x.events.{e.trust}", i % 4, i, e.key.encode(), codec.encode(e, now))
@@ -233,8 +248,10 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
     log(f"batched: {w['summary']}")
     big_batches = with_prefix(settings, "d")
     publish(big_batches, events)
-    wb = run_worker(big_batches, workdir, "--batch-size", "10000", "--batch-within", "1.0")
-    log(f"batched, 10k batches: {wb['summary']}")
+    wb = run_worker(big_batches, workdir, "--batch-within", "1.0")
+    log(f"batched, 1 s to fill: {wb['summary']}")
+    paths = {mode: faust_path(batched, n, mode) for mode in ("stream", "bulk")}
+    log(f"Faust, agent doing nothing: per-message stream {paths['stream']:,.0f}/s, bulk {paths['bulk']:,.0f}/s")
     log("naive worker")
     nv = run_worker(naive, workdir, "--naive", "--store", "memory")
     log(f"naive: {nv['summary']}")
@@ -253,21 +270,21 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
     log(f"rss run: {r['summary']}")
     mb = 1024 * 1024
     return [
-        {"name": "amb worker (take_events batches, rocksdict table), events/s", "value": w["rate"],
+        {"name": "amb worker (bulk batches, rocksdict table), events/s", "value": w["rate"],
          "unit": "events/s", "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
-        {"name": "amb worker (take_events batches, rocksdict table), events/s", "value": w["rate"],
+        {"name": "amb worker (bulk batches, rocksdict table), events/s", "value": w["rate"],
          "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": nv["rate"]},
-        {"name": "amb worker --batch-size 10000, events/s", "value": wb["rate"], "unit": "events/s",
-         "baseline": "amb worker (2000-message batches)", "baseline_value": w["rate"]},
+        {"name": "amb worker --batch-within 1.0, events/s", "value": wb["rate"], "unit": "events/s",
+         "baseline": "amb worker (0.2 s to fill a batch)", "baseline_value": w["rate"]},
         {"name": "amb worker, events per worker CPU-second", "value": per_cpu(w),
          "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": per_cpu(nv)},
-        {"name": "amb worker --batch-size 10000, events per CPU-second", "value": per_cpu(wb),
-         "unit": "events/s", "baseline": "amb worker (2000-message batches)", "baseline_value": per_cpu(w)},
+        {"name": "Faust bulk path, agent doing nothing, msgs/s", "value": paths["bulk"], "unit": "msgs/s",
+         "baseline": "Faust per-message stream (take_events), same", "baseline_value": paths["stream"]},
         {"name": "batch step alone, per CPU second (decode..facts, no Kafka)", "value": alone, "unit": "events/s",
          "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
         {"name": f"worker RSS holding {rss_states:,} incident states", "value": rss_full / mb, "unit": "MB",
          "baseline": "the same worker with no state", "baseline_value": rss_empty / mb},
-        {"name": "worker: us/event waiting for Faust to deliver the batch", "value": w["wait_us"], "unit": "us",
+        {"name": "worker: us/event waiting for the next batch", "value": w["wait_us"], "unit": "us",
          "baseline": "naive agent", "baseline_value": nv["wait_us"]},
         {"name": "worker: us/event in the batch step", "value": w["process_us"], "unit": "us",
          "baseline": "naive agent", "baseline_value": nv["process_us"]},

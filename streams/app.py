@@ -20,8 +20,11 @@ Choices, and why:
   while a restarted broker still reports its topics without partitions is assigned nothing ("Ignoring
   missing topic"); the group leader only rebalances once its metadata shows the partitions, so the
   default left the worker idle for 5 minutes after a broker restart (seen in the chaos suite).
-- offsets are committed every 2.8 s (Faust's default) and after 10,000 acks, only for batches
-  whose changelog records, facts and dead letters were all delivered (streams.agents).
+- the events topics bypass Faust's per-message stream (streams.bulk: records of each fetch go
+  to the agent in batches; up to 10,000 records a fetch); Faust still runs the group, rebalances,
+  flow control and table recovery.
+- offsets of the events topics are committed by the worker, at most every second, only for
+  batches whose changelog records, facts and dead letters were all delivered (streams.agents).
 - an exception in the agent must not ack the batch it interrupted: the agent exits the process
   instead (streams.agents).
 """
@@ -34,6 +37,7 @@ from typing import Any
 import faust
 
 from amb.config import Settings
+from streams.bulk import BulkApp
 
 
 def app_id(settings: Settings) -> str:
@@ -79,6 +83,7 @@ def create_app(
         broker_session_timeout=10.0,
         consumer_metadata_max_age_ms=15_000,
         stream_buffer_maxsize=16_384,
+        broker_max_poll_records=10_000,
         consumer_max_fetch_size=4 * 1024 * 1024,
         producer_linger=0.005,
         producer_max_batch_size=512 * 1024,
@@ -94,4 +99,4 @@ def create_app(
     if credentials is not None:
         conf["broker_credentials"] = credentials
     conf.update(overrides)
-    return faust.App(app_id(settings), **conf)
+    return BulkApp(app_id(settings), **conf)

@@ -30,7 +30,7 @@ FACTS: Final = Counter("amb_worker_facts_total", "Fact messages sent to the inci
 ATTRIBUTED: Final = Counter("amb_worker_attributed_total", "Locations attributed (one vectorised call "
                             "per batch), by geography status.", ["status"])
 EXPIRED: Final = Counter("amb_worker_expired_total", "Incident states dropped after the late horizon.")
-BATCH_SIZE: Final = Histogram("amb_worker_batch_size", "Messages per take() batch.",
+BATCH_SIZE: Final = Histogram("amb_worker_batch_size", "Messages per batch handed to the agent.",
                               buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000))
 BATCH_SECONDS: Final = Histogram("amb_worker_batch_seconds", "Time to process one batch (decode to send).",
                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

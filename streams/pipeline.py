@@ -12,7 +12,7 @@ input was a duplicate. That is the crash-safety rule without exactly-once: if th
 the state write but before the fact (or the changelog record) left, the source offset was not
 committed, the event is read again, is a duplicate by then, and the re-send heals the gap.
 
-The agent in streams.agents feeds this from ``stream.take_events``; the tests feed it lists.
+The agent in streams.agents feeds it batches of consumer records (streams.bulk); the tests feed it lists.
 """
 
 from __future__ import annotations

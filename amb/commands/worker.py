@@ -43,7 +43,7 @@ Examples:
               help="Stop after this many seconds without a new message, counted once the worker "
                    "has its partitions and has processed each of them to its end offset.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Most messages per take() batch.")
+              help="Most records per batch handed to the agent.")
 @click.option("--batch-within", type=click.FloatRange(min=0.001), default=0.2, show_default=True,
               help="Longest wait (seconds) to fill a batch. Only light load waits: a backlog fills "
                    "--batch-size at once. Short, so an event is queryable within ~2 s (bench/bench_freshness.py).")
