@@ -159,6 +159,11 @@ class TableStore:
         self.table = table
         self._at: dict[tuple[str, int], _At] = {}
         self.pending: list[tuple[bytes, bytes | None, int]] = []
+        from faust.stores.rocksdb import Store as RocksStore
+
+        # RocksDB keeps one database per partition: read and write it directly (the partition is
+        # known), skipping the current-event lookup and key index of Faust's Store methods.
+        self._db_for = table.data._db_for_partition if isinstance(table.data, RocksStore) else None
 
     def _enter(self, topic: str, partition: int) -> Any:
         at = self._at.get((topic, partition))
@@ -167,6 +172,9 @@ class TableStore:
         return _current_event.set(weakref.ref(at))  # type: ignore[arg-type]
 
     def get(self, key: bytes, topic: str, partition: int) -> bytes | None:
+        if self._db_for is not None:
+            value = self._db_for(partition).get(key)
+            return value if value else None
         token = self._enter(topic, partition)
         try:
             value = self.table.data.get(key)
@@ -175,19 +183,25 @@ class TableStore:
             _current_event.reset(token)
 
     def put(self, key: bytes, value: bytes, topic: str, partition: int) -> None:
-        token = self._enter(topic, partition)
-        try:
-            self.table.data[key] = value
-        finally:
-            _current_event.reset(token)
+        if self._db_for is not None:
+            self._db_for(partition).put(key, value)
+        else:
+            token = self._enter(topic, partition)
+            try:
+                self.table.data[key] = value
+            finally:
+                _current_event.reset(token)
         self.pending.append((key, value, partition))
 
     def delete(self, key: bytes, topic: str, partition: int) -> None:
-        token = self._enter(topic, partition)
-        try:
-            self.table.data.pop(key, None)
-        finally:
-            _current_event.reset(token)
+        if self._db_for is not None:
+            self._db_for(partition).delete(key)
+        else:
+            token = self._enter(topic, partition)
+            try:
+                self.table.data.pop(key, None)
+            finally:
+                _current_event.reset(token)
         self.pending.append((key, None, partition))
 
     def send_changelog(self, output: Output) -> None:

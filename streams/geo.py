@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from domain.events import Location
-from domain.facts import Areas
+from domain.facts import GEO_NOT_IN_HIERARCHY, GEO_OK, GEO_UNMATCHED, Areas
 from domain.geo.status import STATUS_NAMES
+from domain.metrics import UNKNOWN
+
+Place = tuple[str, str, str, str, str, str, str]
+"""(lsoa, msoa, lad, sicbl, icb, region, status): a domain.facts.Geo as a tuple."""
 
 if TYPE_CHECKING:
     from amb.geo.index import GeoIndex
@@ -33,6 +37,7 @@ class IndexGeo:
         self.index = index
         self._lsoa_pos = {str(code): i for i, code in enumerate(index.lsoa_codes.tolist())}
         self._areas: dict[tuple[int, int], Areas | None] = {}
+        self._heads: dict[tuple[int, int], tuple[str, ...] | None] = {}
         self.calls = 0
         self.locations = 0
 
@@ -57,18 +62,50 @@ class IndexGeo:
 
     def areas(self, lsoa21: str, at_ms: int) -> Areas | None:
         """The areas of one LSOA in the vintage in force at ``at_ms``; None for an unknown code."""
+        if lsoa21 not in self._lsoa_pos:
+            return None
+        vi = int(self.index.vintages_at([at_ms], 1)[0]) if len(self.index.vintages) > 1 else 0
+        return self._areas_at(lsoa21, vi)
+
+    def places(self, postcode: Sequence[str | None], lat: np.ndarray, lon: np.ndarray, easting: np.ndarray,
+               northing: np.ndarray, times_ms: np.ndarray) -> list[Place]:
+        """``domain.facts.attribute`` of non-empty locations given as columns (NaN = absent), as
+        :data:`Place` tuples: one columnar index call and a cached tuple per (LSOA, vintage), for
+        the native batch step, which has no Location objects to give."""
+        n = len(postcode)
+        self.calls += 1
+        self.locations += n
+        if n == 0:
+            return []
+        att = self.index.attribute_columns(postcode=postcode, easting=easting, northing=northing, lat=lat, lon=lon,
+                                           times_ms=times_ms, n=n)
+        codes = self.index.lsoa_codes
+        heads = self._heads
+        vintages = att.vintage.tolist() if len(self.index.vintages) > 1 else [0] * n
+        out: list[Place] = []
+        for lsoa, status, vi in zip(att.lsoa.tolist(), att.status.tolist(), vintages, strict=True):
+            name = STATUS_NAMES[status]
+            if lsoa < 0:
+                out.append((UNKNOWN,) * 6 + (GEO_UNMATCHED if name == GEO_OK else name,))
+                continue
+            key = (lsoa, vi)
+            head = heads.get(key, ())
+            if head == ():
+                code = str(codes[lsoa])
+                a = self._areas_at(code, vi)
+                head = heads[key] = None if a is None else (code, a.msoa, a.lad, a.sicbl, a.icb, a.region)
+            out.append((UNKNOWN,) * 6 + (GEO_NOT_IN_HIERARCHY,) if head is None
+                       else head + (name,))
+        return out
+
+    def _areas_at(self, lsoa21: str, vi: int) -> Areas | None:
         pos = self._lsoa_pos.get(lsoa21)
         if pos is None:
             return None
-        vi = int(self.index.vintages_at([at_ms], 1)[0]) if len(self.index.vintages) > 1 else 0
         key = (pos, vi)
-        try:
-            return self._areas[key]
-        except KeyError:
-            pass
-        h = self.index.hierarchies[vi]
-        idx = np.array([pos], dtype=np.int32)
-        codes = [str(h.codes(level, idx)[0]) for level in ("msoa", "lad", "sicbl", "icb", "region")]
-        found = None if not all(codes) else Areas(*codes)
-        self._areas[key] = found
-        return found
+        if key not in self._areas:
+            h = self.index.hierarchies[vi]
+            idx = np.array([pos], dtype=np.int32)
+            codes = [str(h.codes(level, idx)[0]) for level in ("msoa", "lad", "sicbl", "icb", "region")]
+            self._areas[key] = None if not all(codes) else Areas(*codes)
+        return self._areas[key]

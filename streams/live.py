@@ -101,15 +101,19 @@ class LiveView:
 
     def observe(self, key: bytes, state: IncidentState, geo: Geo | None, topic: str, partition: int) -> None:
         """Record an incident's state after a transition (111 calls are not part of the live view)."""
-        period = period_time(state)
-        if period > self.now_ms and state.clock_start is not None:
+        self.observe_fields(key, state.trust, geo.icb if geo is not None else UNKNOWN, period_time(state),
+                            state.clock_start is not None,
+                            None if state.disposition is None else state.disposition.value,
+                            state.site or state.destination_site, state.arrived_at_hospital, state.handover_at,
+                            topic, partition)
+
+    def observe_fields(self, key: bytes, trust: str, icb: str, period: int, clock_started: bool,
+                       disposition: str | None, site: str | None, arrived_ms: int | None, handover_ms: int | None,
+                       topic: str, partition: int) -> None:
+        """:meth:`observe` from the fields it reads (the native batch step has no state objects)."""
+        if period > self.now_ms and clock_started:
             self.now_ms = min(period, self.wall_ms())
-        self.rows[key] = LiveRow(
-            state.trust, geo.icb if geo is not None else UNKNOWN, period,
-            None if state.disposition is None else state.disposition.value,
-            state.site or state.destination_site, state.arrived_at_hospital, state.handover_at,
-            topic, partition,
-        )
+        self.rows[key] = LiveRow(trust, icb, period, disposition, site, arrived_ms, handover_ms, topic, partition)
         if self.now_ms - self._pruned_day > 2 * HOUR_MS:
             self.prune()
 

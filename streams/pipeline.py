@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from domain.events import Event, EventType
 from domain.facts import (
@@ -58,6 +58,9 @@ from streams.state import (
     new_record,
     read_header,
 )
+
+if TYPE_CHECKING:
+    from streams.native import NativeStep
 
 LATE_AFTER_EXPIRY: Final = Code.LATE_AFTER_EXPIRY.value
 WRONG_KEY: Final = Code.WRONG_KEY.value
@@ -150,6 +153,20 @@ class BatchResult:
 Decoder = Callable[[bytes | None, int, str, str | None], "Event | Rejection"]
 
 
+def wrong_key(key: bytes | None, want: str) -> tuple[str, str]:
+    """The dead-letter reason of a message whose key is not its event's ``trust:incident``."""
+    return (WRONG_KEY, f"message key {key!r} is not trust:incident {want!r}: the incident's events would "
+                       "not stay on one partition")
+
+
+def late_after_expiry(horizon_ms: int) -> tuple[str, str]:
+    """The dead-letter reason of an event too old to start a state (see streams.state)."""
+    return (LATE_AFTER_EXPIRY, (
+        f"event time is more than the late horizon ({horizon_ms // 86_400_000} days) "
+        f"before the partition's stream time and the incident has no state (expired or never "
+        "seen): applying it would start a version-1 state whose facts lose to the kept ones"))
+
+
 def trust_of_events_topic(topic: str) -> str | None:
     """``<prefix>.events.<ODS>`` -> ODS; None for any other topic (no publishing-trust check)."""
     _, sep, trust = topic.rpartition(".events.")
@@ -171,11 +188,17 @@ class BatchStep:
         stale_ms: int | None = None,
         live: LiveView | None = None,
         trust_of_topic: Callable[[str], str | None] = trust_of_events_topic,
+        native: bool | None = None,
     ) -> None:
+        """``native``: run the step in the ``amb_native`` extension (streams.native; same results,
+        several times faster): None = when it is built and ``decoder`` is the default, True =
+        required (AmbError without it), False = never."""
+        fingerprint: bytes | None = None
         if decoder is None:
             from amb.codec import default_codec
 
             codec = default_codec()
+            fingerprint = codec.fingerprint
 
             def decoder(value: bytes | None, now_ms: int, topic: str, trust: str | None) -> Event | Rejection:
                 return codec.decode_and_validate(value, now_ms, topic, trust)
@@ -190,6 +213,11 @@ class BatchStep:
         self.trust_of_topic = trust_of_topic
         self.watermarks = Watermarks()
         self.expiry = ExpiryIndex()
+        self.native: NativeStep | None = None
+        if native is not False:
+            from streams.native import NativeStep
+
+            self.native = NativeStep.create(self, fingerprint, required=bool(native))
 
     # ------------------------------------------------------------------------------------------
     def process(self, messages: Iterable[InMessage], now_ms: int) -> BatchResult:
@@ -198,6 +226,8 @@ class BatchStep:
         Written for speed (it runs once per input event): locals for everything looked up per
         event, per-topic and per-partition values cached for the batch, counters keyed by the
         event type member and converted once at the end."""
+        if self.native is not None:
+            return self.native.process(messages, now_ms)
         out = BatchResult()
         records: dict[bytes, IncidentRecord | None] = {}
         touched: dict[bytes, tuple[IncidentRecord, InMessage]] = {}
@@ -221,9 +251,7 @@ class BatchStep:
                 continue
             want_key = f"{ev.trust}:{ev.incident_id}".encode()
             if m.key != want_key:
-                dead.append(DeadLetter(m, (WRONG_KEY, f"message key {m.key!r} is not trust:incident "
-                                                      f"{want_key.decode()!r}: the incident's events would "
-                                                      "not stay on one partition")))
+                dead.append(DeadLetter(m, wrong_key(m.key, want_key.decode())))
                 continue
             et = ev.event_type
             is_call = et is call_111
@@ -239,10 +267,7 @@ class BatchStep:
             t = ev.event_time
             if rec is None:
                 if wm and t + horizon <= wm:
-                    dead.append(DeadLetter(m, (LATE_AFTER_EXPIRY, (
-                        f"event time is more than the late horizon ({horizon // 86_400_000} days) "
-                        f"before the partition's stream time and the incident has no state (expired or never "
-                        "seen): applying it would start a version-1 state whose facts lose to the kept ones"))))
+                    dead.append(DeadLetter(m, late_after_expiry(horizon)))
                     continue
                 rec = records[k] = new_record(ev.trust, CALL if is_call else INCIDENT, ev.incident_id, m.partition)
                 out.new_states += 1

@@ -13,6 +13,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
+mod worker;
+
 /// Column slots, in this order (amb/columnar.py's NATIVE_FIELDS must match).
 const EVENT_ID: usize = 0;
 const EVENT_TYPE: usize = 1;
@@ -737,6 +739,8 @@ fn parse_time_ms(text: &str) -> Option<i64> {
 #[pymodule]
 fn amb_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_rows, m)?)?;
+    m.add_class::<worker::WorkerCore>()?;
+    m.add_class::<worker::Batch>()?;
     m.add_function(wrap_pyfunction!(parse_time_ms, m)?)?;
     m.add_function(wrap_pyfunction!(encode_csv, m)?)?;
     m.add_function(wrap_pyfunction!(csv_problem_of, m)?)?;
