@@ -143,6 +143,9 @@ class _At:
         self.message = _Message(topic, partition)
 
 
+_ABSENT: Any = object()
+
+
 class TableStore:
     """streams.pipeline.StateStore over a Faust table, each access in its message's partition.
 
@@ -162,8 +165,11 @@ class TableStore:
         from faust.stores.rocksdb import Store as RocksStore
 
         # RocksDB keeps one database per partition: read and write it directly (the partition is
-        # known), skipping the current-event lookup and key index of Faust's Store methods.
+        # known), skipping the current-event lookup and key index of Faust's Store methods, and
+        # write a batch's rows in one WriteBatch per partition (:meth:`flush`), reading unflushed
+        # rows from memory meanwhile.
         self._db_for = table.data._db_for_partition if isinstance(table.data, RocksStore) else None
+        self._unflushed: dict[bytes, bytes | None] = {}
 
     def _enter(self, topic: str, partition: int) -> Any:
         at = self._at.get((topic, partition))
@@ -173,7 +179,9 @@ class TableStore:
 
     def get(self, key: bytes, topic: str, partition: int) -> bytes | None:
         if self._db_for is not None:
-            value = self._db_for(partition).get(key)
+            value = self._unflushed.get(key, _ABSENT)
+            if value is _ABSENT:
+                value = self._db_for(partition).get(key)
             return value if value else None
         token = self._enter(topic, partition)
         try:
@@ -184,7 +192,7 @@ class TableStore:
 
     def put(self, key: bytes, value: bytes, topic: str, partition: int) -> None:
         if self._db_for is not None:
-            self._db_for(partition).put(key, value)
+            self._unflushed[key] = value
         else:
             token = self._enter(topic, partition)
             try:
@@ -195,7 +203,7 @@ class TableStore:
 
     def delete(self, key: bytes, topic: str, partition: int) -> None:
         if self._db_for is not None:
-            self._db_for(partition).delete(key)
+            self._unflushed[key] = None
         else:
             token = self._enter(topic, partition)
             try:
@@ -204,8 +212,32 @@ class TableStore:
                 _current_event.reset(token)
         self.pending.append((key, None, partition))
 
+    def flush(self) -> None:
+        """Write the batch's rows to RocksDB: one WriteBatch per partition (in the order written)."""
+        if not self._unflushed:
+            return
+        from rocksdict import WriteBatch
+
+        batches: dict[int, Any] = {}
+        for key, _value, partition in self.pending:
+            if key in self._unflushed and partition not in batches:
+                batches[partition] = WriteBatch(raw_mode=True)
+        rows = self._unflushed
+        for key, value, partition in self.pending:
+            if key in rows:
+                wb = batches[partition]
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+        for partition, wb in batches.items():
+            self._db_for(partition).write(wb)  # type: ignore[misc]
+        self._unflushed = {}
+
     def send_changelog(self, output: Output) -> None:
-        """Hand this batch's changelog records to the producer (delivery: :meth:`Output.drain`)."""
+        """Write the batch's rows locally and hand its changelog records to the producer (delivery:
+        :meth:`Output.drain`)."""
+        self.flush()
         topic = self.table.changelog_topic.get_topic_name()
         output.changelog_topic = topic
         for key, value, partition in self.pending:
@@ -220,11 +252,16 @@ class TableStore:
 
 
 class Output:
-    """The worker's producer (librdkafka) for changelog records, facts and dead letters.
+    """The worker's producers (librdkafka) for changelog records, facts and dead letters.
 
     Not Faust's aiokafka producer: its Python send path cost ~70 us a message (murmur2 and batch
     building in Python) against ~3 us here, and the batch must be delivered before it is acked
     anyway, which :meth:`drain` waits for in a thread without blocking the event loop.
+
+    Two producers: the changelog's reports every delivery (the highest delivered offset per
+    partition is what table recovery starts after), the facts' and dead letters' reports only
+    failures (``delivery.report.only.error``), which spares a Python callback per fact; a
+    failure on either fails the batch.
     """
 
     def __init__(self, bootstrap: str, client_id: str, login: Mapping[str, str] | None = None) -> None:
@@ -234,38 +271,52 @@ class Output:
         self.errors: list[str] = []
         self.changelog_topic = ""
         self._offsets: dict[int, int] = {}
-        self.producer = Producer({
-            "bootstrap.servers": bootstrap, "client.id": client_id, "log_level": 3,
+        common = {
+            "bootstrap.servers": bootstrap, "log_level": 3,
             "enable.idempotence": True,  # acks=all, retries keep per-partition order
             "linger.ms": 5, "batch.num.messages": 10_000, "batch.size": 1_000_000,
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576,
-            "message.timeout.ms": 120_000, "on_delivery": self._on_delivery, **(login or {}),
-        })
+            "message.timeout.ms": 120_000, "compression.type": "lz4", **(login or {}),
+        }
+        self.changelog = Producer({**common, "client.id": f"{client_id}-changelog", "on_delivery": self._on_delivery})
+        self.producer = Producer({**common, "client.id": client_id, "delivery.report.only.error": True,
+                                  "on_delivery": self._on_failure})
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
-        elif msg.topic() == self.changelog_topic:
+        else:
             p, o = msg.partition(), msg.offset()
             if o > self._offsets.get(p, -1):
                 self._offsets[p] = o
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def _on_failure(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """One message (a changelog record with its partition, a fact by key); waits while the
+        producer's queue is full. Positional arguments only: keywords cost a microsecond a call."""
+        producer = self.changelog if topic == self.changelog_topic else self.producer
         while True:
             try:
                 if partition is None:
-                    self.producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
+                    producer.produce(topic, value, key)
                 else:
-                    self.producer.produce(topic, value, key, partition, headers=headers)  # type: ignore[arg-type]
+                    producer.produce(topic, value, key, partition)
                 return
             except BufferError:
-                self.producer.poll(0.05)
+                producer.poll(0.05)
+
+    def _flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        left = self.changelog.flush(timeout)
+        return left + self.producer.flush(max(0.0, deadline - time.monotonic()))
 
     async def drain(self) -> dict[int, int]:
         """Wait until everything produced so far is delivered (or raise); returns and resets the
         highest delivered changelog offset per partition."""
-        left = await asyncio.get_running_loop().run_in_executor(None, self.producer.flush, 120.0)
+        left = await asyncio.get_running_loop().run_in_executor(None, self._flush, 120.0)
         if left or self.errors:
             raise RuntimeError(f"{left} messages undelivered after 120 s; errors: {self.errors[:5]}")
         offsets, self._offsets = self._offsets, {}
@@ -322,6 +373,7 @@ class StreamWorker:
         self._last_commit = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._delivery: asyncio.Future[None] | None = None
         self._last_report = time.monotonic()
         self._reported_messages = 0
         self.lag = metrics.ConsumerLag(self.events_topics)  # amb_worker_consumer_lag, set by _tick
@@ -376,8 +428,14 @@ class StreamWorker:
     async def handle(self, msgs: Sequence[Any]) -> BatchResult:
         """One batch of records (``topic``, ``partition``, ``offset``, ``key``, ``value``,
         ``headers``: aiokafka's ConsumerRecord, Faust's Message, InMessage) through the batch step,
-        then send its output and commit when due. ``_busy`` stays set if this raises: the agent
-        then exits without committing (see the module docstring)."""
+        then send its output. ``_busy`` stays set if this raises: the agent then exits without
+        committing (see the module docstring).
+
+        Deliveries overlap the next batch: this returns once the output is handed to the
+        producers, and :meth:`_complete` waits for the broker's acks (then advances the offsets
+        the worker may commit, and commits when due) while the next batch is decoded and folded.
+        That batch waits for it before it sends anything, so at most one batch is undelivered
+        and nothing is committed before it is delivered."""
         self._busy = True
         self._idle.clear()
         t0 = time.perf_counter()
@@ -386,31 +444,47 @@ class StreamWorker:
         self._check_assignment()
         result = self.step.process(msgs, int(time.time() * 1000))
         t1 = time.perf_counter()
-        await self._send(result)
-        holes = self._advance(msgs)
-        if holes:
-            await self._reread(holes)
+        await self._completed()
+        self._send(result)
+        self._delivery = asyncio.ensure_future(self._complete(msgs, result, t1 - t0))
         self._batch_end = t2 = time.perf_counter()
         self.stats.process_s += t1 - t0
         self.stats.send_s += t2 - t1
-        self._account(len(msgs), result, t2 - t0)
         self._busy = False
-        self._idle.set()
-        if time.monotonic() - self._last_commit >= self.options.commit_every:
-            await self.commit()
         return result
 
-    async def _send(self, result: BatchResult) -> None:
-        """Changelog, facts and dead letters of one batch, all delivered before the batch is acked."""
+    async def _completed(self) -> None:
+        """Wait for the previous batch's delivery (and its offset bookkeeping) to finish."""
+        task, self._delivery = self._delivery, None
+        if task is not None:
+            await task
+
+    async def _complete(self, msgs: Sequence[Any], result: BatchResult, seconds: float) -> None:
+        try:
+            self.store.delivered(await self.output.drain())
+            holes = self._advance(msgs)
+            if holes:
+                await self._reread(holes)
+            self._account(len(msgs), result, seconds)
+            if time.monotonic() - self._last_commit >= self.options.commit_every:
+                await self.commit()
+        except Exception:  # a batch that was not delivered must never be committed: see the module docstring
+            self._crash("a batch's output could not be delivered")
+        if not self._busy:
+            self._idle.set()
+
+    def _send(self, result: BatchResult) -> None:
+        """Changelog, facts and dead letters of one batch to the producers (delivery: :meth:`_complete`)."""
         out = self.output
         self.store.send_changelog(out)
+        produce = out.produce
+        topic = self.facts_topic
         for f in result.facts:
-            out.produce(self.facts_topic, f.key, f.value, None, f.headers)
+            produce(topic, f.key, f.value)
         for d in result.dead:
             m = d.message
             dead_letter(out.producer, m.value, m.key, d.reason, m.topic, m.partition, m.offset, list(m.headers),
                         dlq_topic=self.dlq_topic)
-        self.store.delivered(await out.drain())
 
     def _account(self, n: int, r: BatchResult, seconds: float) -> None:
         s = self.stats
@@ -510,7 +584,8 @@ class StreamWorker:
         return done
 
     async def settle(self) -> None:
-        """Before Faust revokes partitions or stops: let the batch in flight finish, then commit."""
+        """Before Faust revokes partitions or stops: let the batch in flight finish and be
+        delivered, then commit."""
         await self._idle.wait()
         try:
             await self.commit()

@@ -133,10 +133,6 @@ class FactOut:
     topic: str
     partition: int
 
-    @property
-    def headers(self) -> list[tuple[str, bytes]]:
-        return fact_codec.headers(self.kind, self.version)
-
 
 @dataclass
 class BatchResult:

@@ -57,7 +57,7 @@ def pair(horizon_ms: int, store_a: DictStore | None = None, store_b: DictStore |
 
 def outcome(r: BatchResult) -> dict[str, Any]:
     return {
-        "facts": [(f.key, f.value, f.kind, f.version, f.topic, f.partition, f.headers) for f in r.facts],
+        "facts": [(f.key, f.value, f.kind, f.version, f.topic, f.partition) for f in r.facts],
         "dead": [(d.message, d.reason, d.code) for d in r.dead],
         "events": dict(r.events), "duplicates": dict(r.duplicates), "attributed": dict(r.attributed),
         "new": r.new_states, "expired": r.expired, "max_event_time": r.max_event_time,
