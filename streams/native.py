@@ -105,7 +105,10 @@ class NativeStep:
         step = self.step
         out = pl.BatchResult()
         msgs = messages if isinstance(messages, list) else list(messages)
-        tix = [self._topic(m.topic) for m in msgs]
+        index = self._topic_index
+        for t in {m.topic for m in msgs} - index.keys():
+            self._topic(t)
+        tix = [index[m.topic] for m in msgs]
         partitions = [m.partition for m in msgs]
         topics, trusts = self._topics, self._trusts
         batch, need = self.core.decode([m.value for m in msgs], [m.key for m in msgs], tix, partitions, trusts,

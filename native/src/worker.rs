@@ -1376,7 +1376,7 @@ impl WorkerCore {
         }
         let batch = Batch {
             events, slots, keys: msg_keys, topics, partitions, now_ms, state_keys: Vec::new(), key_of_msg: Vec::new(),
-            records: Vec::new(), touched: Vec::new(), touched_msg: HashMap::new(), dead: Vec::new(),
+            records: Vec::new(), touched: Vec::new(), touched_msg: Vec::new(), dead: Vec::new(),
             marks: HashMap::new(), event_counts: HashMap::new(), duplicates: HashMap::new(), new_states: 0,
             max_event_time: 0, todo: Vec::new(), folded: false,
         };
@@ -1416,10 +1416,12 @@ pub struct Batch {
     key_of_msg: Vec<Option<usize>>,
     records: Vec<Option<Record>>,
     touched: Vec<usize>,
-    touched_msg: HashMap<usize, usize>,
+    /// Per state key: the last message that touched it (usize::MAX: none).
+    touched_msg: Vec<usize>,
     dead: Vec<Dead>,
     marks: HashMap<(usize, i64), i64>,
-    event_counts: HashMap<(u8, String), i64>,
+    /// Per trust: events by Avro event-type index.
+    event_counts: HashMap<String, [i64; 7]>,
     duplicates: HashMap<String, i64>,
     new_states: i64,
     max_event_time: i64,
@@ -1556,7 +1558,7 @@ impl Batch {
             }
         }
         let horizon = horizon_ms;
-        let mut touched_seen: HashMap<usize, ()> = HashMap::new();
+        self.touched_msg = vec![usize::MAX; self.records.len()];
         for i in 0..self.events.len() {
             match self.slots[i] {
                 Slot::Rejected => {
@@ -1590,14 +1592,26 @@ impl Batch {
             if t > self.max_event_time {
                 self.max_event_time = t;
             }
-            *self.event_counts.entry((e.et, e.trust.clone())).or_insert(0) += 1;
-            if !changed {
-                *self.duplicates.entry(e.trust.clone()).or_insert(0) += 1;
+            match self.event_counts.get_mut(e.trust.as_str()) {
+                Some(c) => c[e.et as usize] += 1,
+                None => {
+                    let mut c = [0i64; 7];
+                    c[e.et as usize] = 1;
+                    self.event_counts.insert(e.trust.clone(), c);
+                }
             }
-            if touched_seen.insert(ri, ()).is_none() {
+            if !changed {
+                match self.duplicates.get_mut(e.trust.as_str()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.duplicates.insert(e.trust.clone(), 1);
+                    }
+                }
+            }
+            if self.touched_msg[ri] == usize::MAX {
                 self.touched.push(ri);
             }
-            self.touched_msg.insert(ri, i);
+            self.touched_msg[ri] = i;
         }
         // BatchStep._attribute: place what is new, remember what it was placed for
         let (mut postcodes, mut lat, mut lon, mut east, mut north, mut times) =
@@ -1657,9 +1671,16 @@ impl Batch {
         let facts = PyList::empty(py);
         let live = PyList::empty(py);
         for &ri in &batch.touched {
-            let msg = batch.touched_msg[&ri];
+            let msg = batch.touched_msg[ri];
             let rec = batch.records[ri].as_ref().expect("touched records are held");
-            let geo = rec.geo.clone().unwrap_or_else(|| unknown_geo(GEO_NO_LOCATION));
+            let no_geo;
+            let geo = match &rec.geo {
+                Some(g) => g,
+                None => {
+                    no_geo = unknown_geo(GEO_NO_LOCATION);
+                    &no_geo
+                }
+            };
             let p = core.periods_of(py, rec.period_time())?;
             let complete = rec.complete();
             let expires = rec.last + if complete { core.horizon_ms } else { core.stale_ms };
@@ -1693,8 +1714,12 @@ impl Batch {
             }
         }
         let counts = PyDict::new(py);
-        for ((et, trust), n) in &batch.event_counts {
-            counts.set_item((EVENT_TYPES[*et as usize], trust.as_str()), *n)?;
+        for (trust, by_type) in &batch.event_counts {
+            for (et, n) in by_type.iter().enumerate() {
+                if *n > 0 {
+                    counts.set_item((EVENT_TYPES[et], trust.as_str()), *n)?;
+                }
+            }
         }
         let dups = PyDict::new(py);
         for (trust, n) in &batch.duplicates {
