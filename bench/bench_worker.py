@@ -11,13 +11,15 @@ consumer group); publishing is not timed. Then, in the same run:
   its rate from its first batch to its last one delivered (changelog, facts and dead letters
   broker-acked);
 * baseline: ``amb worker --naive --store memory``, a per-event agent without batching (every
-  event its own table write, fact send and attributor call), on the same feed;
+  event its own table write, fact send and attributor call, the Python step), on the same feed;
 * baseline: raw confluent-kafka consume of the same topics (the ceiling of reading them at all);
 * the batch step alone, in process, on the same bytes (decode -> validate -> fold -> attribute
-  -> facts, no Kafka), per second of CPU time: the ceiling of this Python for one process;
+  -> facts, no Kafka), per second of CPU time, native (the worker's) against the Python definition;
 * the worker's CPU: events per CPU-second of the worker process (user + system, from its rusage,
   less that of the same worker started on empty topics: start-up, the --timeout wait, shut-down),
   which other people's load on a shared machine changes much less than the wall-clock rate;
+* the whole path at once: the worker running, then the feed published to it by one producer as
+  fast as it goes (pre-encoded), events/s from the first publish to the last fact delivered;
 * ``amb worker --batch-within 1.0``: batches given a second to fill instead of 0.2 s, same feed;
 * Faust alone, an agent that does nothing (bench/faust_paths.py): its per-message stream
   (``take_events``, the worker's path before streams.bulk) against streams.bulk's batches of
@@ -152,6 +154,38 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
+def events_done(port: int) -> float:
+    """Events the worker has processed and delivered (amb_worker_events_total over its labels)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("amb_worker_events_total{"))
+
+
+def publish_to_facts(s: Settings, events: list[Event], workdir: Path) -> float:
+    """The whole path at once: a running worker, then the feed published as fast as one producer
+    goes (pre-encoded, as bench_publish's native path writes it); events/s from the first publish
+    to the last event's facts delivered (the worker's own counter, updated after delivery)."""
+    port = process.free_ports(1)[0]
+    argv = [sys.executable, "-c", AMB, "worker", "--worker-id", uuid.uuid4().hex[:6], "--workers-dir", str(workdir),
+            "--metrics-port", str(port), "--web-port", "0", "--timeout", "5"]
+    with (workdir / f"worker-{uuid.uuid4().hex[:6]}.log").open("w") as err:
+        proc = subprocess.Popen(argv, env=to_environ(s), stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 120
+        while metrics(port).get("amb_worker_assigned_partitions", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)  # joined its group and has its partitions: nothing of start-up is timed
+        t0 = time.perf_counter()
+        publish_fast(s, events)
+        while events_done(port) < len(events) and proc.poll() is None:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        proc.terminate()
+        proc.wait(60)
+    return len(events) / elapsed
+
+
 def raw_consume(s: Settings, n: int) -> float:
     """Events/s of a plain confluent-kafka consumer reading the topics from the start (partitions
     assigned directly, so no group join is timed; the clock starts before the first fetch)."""
@@ -185,13 +219,13 @@ def faust_path(s: Settings, n: int, mode: str) -> float:
     return float(line.split()[1])
 
 
-def batch_step_alone(events: list[Event], geo: IndexGeo, batch: int = 2000) -> float:
+def batch_step_alone(events: list[Event], geo: IndexGeo, batch: int = 10_000, native: bool = True) -> float:
     codec, now = default_codec(), int(time.time() * 1000)
     msgs = [InMessage(f"x.events.{e.trust}", i % 4, i, e.key.encode(), codec.encode(e, now))
             for i, e in enumerate(events)]
     best = 0.0
     for _ in range(2):  # per second of this process's CPU: other people's load does not count
-        step = BatchStep(geo, geo, DictStore())
+        step = BatchStep(geo, geo, DictStore(), native=native)
         t0 = time.process_time()
         for i in range(0, len(msgs), batch):
             step.process(msgs[i:i + batch], now)
@@ -252,13 +286,16 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
     log(f"batched, 1 s to fill: {wb['summary']}")
     paths = {mode: faust_path(batched, n, mode) for mode in ("stream", "bulk")}
     log(f"Faust, agent doing nothing: per-message stream {paths['stream']:,.0f}/s, bulk {paths['bulk']:,.0f}/s")
+    whole = publish_to_facts(with_prefix(settings, "w"), events, workdir)
+    log(f"publish -> facts with the worker running: {whole:,.0f}/s")
     log("naive worker")
     nv = run_worker(naive, workdir, "--naive", "--store", "memory")
     log(f"naive: {nv['summary']}")
     raw = raw_consume(batched, n)
     log(f"raw consume: {raw:,.0f}/s")
     alone = batch_step_alone(events, geo)
-    log(f"batch step alone: {alone:,.0f}/s")
+    alone_py = batch_step_alone(events, geo, native=False)
+    log(f"batch step alone: native {alone:,.0f}/s, Python {alone_py:,.0f}/s")
     big = with_prefix(settings, "c")
     publish_fast(big, incidents_only(rss_states))
     log(f"published {rss_states:,} incidents for the RSS run")
@@ -274,6 +311,8 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
          "unit": "events/s", "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
         {"name": "amb worker (bulk batches, rocksdict table), events/s", "value": w["rate"],
          "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": nv["rate"]},
+        {"name": "publish -> facts, worker running, events/s", "value": whole, "unit": "events/s",
+         "baseline": "amb worker on the published backlog", "baseline_value": w["rate"]},
         {"name": "amb worker --batch-within 1.0, events/s", "value": wb["rate"], "unit": "events/s",
          "baseline": "amb worker (0.2 s to fill a batch)", "baseline_value": w["rate"]},
         {"name": "amb worker, events per worker CPU-second", "value": per_cpu(w),
@@ -281,7 +320,7 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
         {"name": "Faust bulk path, agent doing nothing, msgs/s", "value": paths["bulk"], "unit": "msgs/s",
          "baseline": "Faust per-message stream (take_events), same", "baseline_value": paths["stream"]},
         {"name": "batch step alone, per CPU second (decode..facts, no Kafka)", "value": alone, "unit": "events/s",
-         "baseline": "raw confluent-kafka consume of the same topics", "baseline_value": raw},
+         "baseline": "the same step in Python (native=False)", "baseline_value": alone_py},
         {"name": f"worker RSS holding {rss_states:,} incident states", "value": rss_full / mb, "unit": "MB",
          "baseline": "the same worker with no state", "baseline_value": rss_empty / mb},
         {"name": "worker: us/event waiting for the next batch", "value": w["wait_us"], "unit": "us",

@@ -63,10 +63,10 @@ def main() -> None:
         channel = app.channel()
         app.topics.add(source)
 
-        async def deliver(records: list[Any]) -> None:
+        async def deliver(records: list[Any], generation: int) -> tuple[Any, Any]:
             done = asyncio.get_running_loop().create_future()
             await channel.put((records, done))  # type: ignore[arg-type]
-            await done
+            return done, done
 
         async def settle() -> None:
             return None

@@ -83,7 +83,8 @@ class WorkerOptions:
     max_messages: int | None = None
     idle_timeout: float | None = None
     naive: bool = False
-    """Faust's per-event stream, one message a batch: the benchmark's baseline, not for production."""
+    """Faust's per-event stream, one message a batch, the Python step: the benchmark's baseline, not for
+    production."""
     commit_every: float = 1.0
     """Seconds between offset commits while busy (a crash re-reads at most this much, as duplicates)."""
 
@@ -119,10 +120,12 @@ class WorkerStats:
 
 @dataclass(slots=True)
 class Batch:
-    """What the bulk route puts on the agent's channel: records, and the future the agent sets
-    once they are processed and delivered."""
+    """What the bulk route puts on the agent's channel: records, the consumer generation they were
+    fetched in, and the futures the agent sets when it takes them and when it is done with them."""
 
     records: list[Any]
+    generation: int
+    started: asyncio.Future[None]
     done: asyncio.Future[None]
 
 
@@ -308,17 +311,27 @@ class Output:
             except BufferError:
                 producer.poll(0.05)
 
-    def _flush(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        left = self.changelog.flush(timeout)
-        return left + self.producer.flush(max(0.0, deadline - time.monotonic()))
-
-    async def drain(self) -> dict[int, int]:
+    async def drain(self, timeout: float = 120.0) -> dict[int, int]:
         """Wait until everything produced so far is delivered (or raise); returns and resets the
-        highest delivered changelog offset per partition."""
-        left = await asyncio.get_running_loop().run_in_executor(None, self._flush, 120.0)
+        highest delivered changelog offset per partition.
+
+        Delivery reports are served here, on the event loop's thread, with ``poll(0)`` between
+        short sleeps: served from a flushing thread instead, each report's Python callback had to
+        win the GIL from the busy agent (up to the 5 ms switch interval each), which made a
+        batch's delivery slower than the next batch's processing."""
+        producers = (self.changelog, self.producer)
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            for p in producers:
+                p.poll(0)
+            if not any(len(p) for p in producers) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        left = sum(len(p) for p in producers)
         if left or self.errors:
-            raise RuntimeError(f"{left} messages undelivered after 120 s; errors: {self.errors[:5]}")
+            raise RuntimeError(f"{left} messages undelivered after {timeout:g} s; errors: {self.errors[:5]}")
         offsets, self._offsets = self._offsets, {}
         return offsets
 
@@ -356,8 +369,11 @@ class StreamWorker:
         from amb.security import client_config
 
         self.output = Output(settings.bootstrap, f"{app.conf.id}-{id(self):x}", client_config(settings, "worker"))
+        warm = getattr(geo, "warm", None)
+        if warm is not None:
+            warm()
         self.step = BatchStep(geo, geo, self.store, horizon_ms=settings.late_horizon_days * DAY_MS,
-                              live=self.live)
+                              live=self.live, native=False if self.options.naive else None)
         self._assigned: set[tuple[str, int]] = set()
         self._generation: int | None = None
         self._stopping = False
@@ -399,8 +415,11 @@ class StreamWorker:
                         await self.handle([event.message])
                 else:
                     async for batch in stream:
+                        batch.started.set_result(None)
                         try:
-                            await self.handle(batch.records)
+                            if batch.generation == self.app.consumer_generation_id:
+                                await self.handle(batch.records)
+                            # else fetched before a rebalance: sought back and read again after it
                         finally:
                             batch.done.set_result(None)
             except asyncio.CancelledError:
@@ -418,12 +437,14 @@ class StreamWorker:
         sys.stderr.flush()
         os._exit(CRASH_EXIT)
 
-    async def _deliver(self, records: list[Any]) -> None:
-        """The bulk route's hand-off: one batch to the agent, back once it is processed."""
-        batch = Batch(records, asyncio.get_running_loop().create_future())
+    async def _deliver(self, records: list[Any], generation: int
+                       ) -> tuple[asyncio.Future[None], asyncio.Future[None]]:
+        """The bulk route's hand-off: one batch on the agent's channel; (taken, done) futures."""
+        loop = asyncio.get_running_loop()
+        batch = Batch(records, generation, loop.create_future(), loop.create_future())
         # A channel yields a put value that is not an Event as it is: no serialising, no acks.
         await self.batches.put(batch)  # type: ignore[arg-type]
-        await batch.done
+        return batch.started, batch.done
 
     async def handle(self, msgs: Sequence[Any]) -> BatchResult:
         """One batch of records (``topic``, ``partition``, ``offset``, ``key``, ``value``,
@@ -439,6 +460,7 @@ class StreamWorker:
         self._busy = True
         self._idle.clear()
         t0 = time.perf_counter()
+        self.stats.first_message = self.stats.first_message or time.monotonic()
         if self._batch_end is not None:
             self.stats.wait_s += t0 - self._batch_end
         self._check_assignment()

@@ -16,9 +16,10 @@ step reads) and hands them on in batches of up to ``batch_size`` records gathere
 ``batch_within`` seconds. Every other topic (the table changelogs during recovery) goes through
 Faust's own per-message path unchanged.
 
-The route's ``deliver`` puts each batch on a Faust channel that the worker's agent iterates, and
-returns once the agent has processed and delivered it: one batch in flight, so memory stays bounded
-while aiokafka prefetches the next in its own thread. The routed topics are declared with
+The route's ``deliver`` puts each batch on a Faust channel that the worker's agent iterates; once
+the agent has taken it, the next batch is gathered while it works (aiokafka's record parsing then
+overlaps the agent's native code), and handed over when the agent is done: one batch at the agent
+and one in the making, so memory stays bounded. The routed topics are declared with
 ``acks=False``: Faust neither tracks nor commits them; the worker commits its own processed and
 delivered offsets (streams.agents). :meth:`BulkConsumer.wait_empty`, which Faust awaits before a
 rebalance revokes partitions and when it stops, first waits for the batch in flight and lets the
@@ -46,8 +47,9 @@ class BulkRoute:
     """Which topics go around Faust's per-message path, and where their batches go."""
 
     topics: frozenset[str]
-    deliver: Callable[[list[Any]], Awaitable[None]]
-    """Called with each batch (in fetch order per partition); returns once it is processed."""
+    deliver: Callable[[list[Any], int], Awaitable[tuple[asyncio.Future[None], asyncio.Future[None]]]]
+    """Called with each batch (in fetch order per partition) and the consumer generation it was
+    fetched in; hands it to the agent and returns (started, done) futures."""
     settle: Callable[[], Awaitable[None]]
     """Awaited before partitions are revoked and at shutdown: wait for the batch in flight, commit."""
     batch_size: int = 10_000
@@ -70,6 +72,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
         batch: list[Any] = []
         started = 0.0
         generation = None
+        processing: asyncio.Future[None] | None = None  # the batch the agent is working on
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 timeout = 1.0 if not batch else max(0.0, started + route.batch_within - time.monotonic())
@@ -97,9 +100,15 @@ class BulkConsumer(aiokafka_driver.Consumer):
                                 self._read_offset[tp] = record.offset
                 if batch and (len(batch) >= route.batch_size or time.monotonic() - started >= route.batch_within):
                     out, batch = batch, []
+                    if processing is not None:
+                        await processing  # one batch at the agent, one being gathered: memory stays bounded
+                        processing = None
                     if self.flow_active and self.app.consumer_generation_id == generation:
                         route.batches += 1
-                        await route.deliver(out)
+                        began, done = await route.deliver(out, generation)
+                        await self.wait_first(began, self.suspend_flow.wait())
+                        # not begun: a rebalance began and cleared the agent's queue (the records come again)
+                        processing = done if began.done() else None
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

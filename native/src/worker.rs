@@ -1115,6 +1115,7 @@ fn decode_row(value: &[u8]) -> JResult<Record> {
 }
 
 // --------------------------------------------------------------------------------------- facts
+#[derive(Clone, Copy)]
 struct Periods {
     hour: i64,
     day: i64,
@@ -1344,35 +1345,37 @@ impl WorkerCore {
         if keys.len() != n || topics.len() != n || partitions.len() != n {
             return Err(PyValueError::new_err("values, keys, topics and partitions differ in length"));
         }
-        let mut events: Vec<Option<Ev>> = Vec::with_capacity(n);
         let mut slots = Vec::with_capacity(n);
         let mut need = Vec::new();
         let mut msg_keys = Vec::with_capacity(n);
-        for i in 0..n {
-            let v = values.get_item(i)?;
-            let ev = match v.downcast::<PyBytes>() {
-                Ok(b) => {
-                    let b = b.as_bytes();
-                    if b.len() > 10 && b[0] == 0xC3 && b[1] == 0x01 && b[2..10] == self.fingerprint[..] {
-                        decode_body(&b[10..]).filter(|e| {
-                            let trust = topic_trusts.get(topics[i]).and_then(|t| t.as_deref());
-                            surely_valid(e, now_ms, trust, &self.known_trusts)
-                        })
-                    } else {
-                        None
-                    }
-                }
-                Err(_) => None,
-            };
-            let k = keys.get_item(i)?;
+        let bound: Vec<Bound<'_, PyAny>> = values.iter().collect();
+        let raw: Vec<Option<&[u8]>> =
+            bound.iter().map(|v| v.downcast::<PyBytes>().ok().map(|b| b.as_bytes())).collect();
+        for k in keys.iter() {
             msg_keys.push(k.downcast::<PyBytes>().ok().map(|b| b.as_bytes().to_vec()));
+        }
+        let (fingerprint, known) = (&self.fingerprint, &self.known_trusts);
+        // the bytes are immutable and held by `values`: decode them while other threads run
+        let events: Vec<Option<Ev>> = values.py().allow_threads(|| {
+            raw.iter().enumerate().map(|(i, b)| {
+                let b = (*b)?;
+                if b.len() > 10 && b[0] == 0xC3 && b[1] == 0x01 && b[2..10] == fingerprint[..] {
+                    decode_body(&b[10..]).filter(|e| {
+                        let trust = topic_trusts.get(topics[i]).and_then(|t| t.as_deref());
+                        surely_valid(e, now_ms, trust, known)
+                    })
+                } else {
+                    None
+                }
+            }).collect()
+        });
+        for (i, ev) in events.iter().enumerate() {
             if ev.is_some() {
                 slots.push(Slot::Event);
             } else {
                 slots.push(Slot::Pending);
                 need.push(i);
             }
-            events.push(ev);
         }
         let batch = Batch {
             events, slots, keys: msg_keys, topics, partitions, now_ms, state_keys: Vec::new(), key_of_msg: Vec::new(),
@@ -1548,14 +1551,107 @@ impl Batch {
         if rows.len() != self.state_keys.len() {
             return Err(PyValueError::new_err("one row (or None) per state key"));
         }
-        self.records = Vec::with_capacity(rows.len());
-        for r in rows.iter() {
-            if r.is_none() {
-                self.records.push(None);
-            } else {
-                let b = r.downcast::<PyBytes>()?;
-                self.records.push(Some(decode_row(b.as_bytes()).map_err(PyValueError::new_err)?));
+        let bound: Vec<Bound<'py, PyAny>> = rows.iter().collect();
+        let mut raw: Vec<Option<&[u8]>> = Vec::with_capacity(bound.len());
+        for r in &bound {
+            raw.push(if r.is_none() { None } else { Some(r.downcast::<PyBytes>()?.as_bytes()) });
+        }
+        let cols = py.allow_threads(|| self.fold_rows(&raw, horizon_ms, &watermarks)).map_err(PyValueError::new_err)?;
+        let (postcodes, lat, lon, east, north, times) = cols;
+        self.folded = true;
+        let marks = PyDict::new(py);
+        for (tp, wm) in &self.marks {
+            marks.set_item(*tp, *wm)?;
+        }
+        let f64s = |v: &[f64]| PyBytes::new(py, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        let todo = PyTuple::new(py, [
+            PyList::new(py, &postcodes)?.into_any(), f64s(&lat).into_any(), f64s(&lon).into_any(),
+            f64s(&east).into_any(), f64s(&north).into_any(),
+            PyBytes::new(py, &times.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).into_any(),
+        ])?;
+        PyTuple::new(py, [todo.into_any(), marks.into_any()])
+    }
+
+    /// Geography in (``places``: one 7-tuple per location ``fold`` listed) -> rows, facts, live
+    /// fields and counts; see streams/native.py for the shapes.
+    fn emit<'py>(&mut self, py: Python<'py>, mut core: PyRefMut<'py, WorkerCore>, places: &Bound<'py, PyList>)
+                 -> PyResult<Bound<'py, PyTuple>> {
+        let batch = self;
+        if !batch.folded {
+            return Err(PyValueError::new_err("emit before fold"));
+        }
+        if places.len() != batch.todo.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} places for {} locations", places.len(), batch.todo.len())));
+        }
+        for (j, &ri) in batch.todo.iter().enumerate() {
+            let g: Vec<String> = places.get_item(j)?.extract()?;
+            let g: [String; 7] = g.try_into().map_err(|_| PyValueError::new_err("a place is 7 codes"))?;
+            batch.records[ri].as_mut().expect("todo is of held records").geo = Some(g);
+        }
+        // periods need Python's zone rules for hours not seen yet: look them up first, then build
+        // every row and fact without the GIL
+        let mut periods: HashMap<i64, Periods> = HashMap::new();
+        for &ri in &batch.touched {
+            let t = batch.records[ri].as_ref().expect("touched records are held").period_time();
+            let p = core.periods_of(py, t)?;
+            periods.entry(p.hour).or_insert(p);
+        }
+        let (horizon, stale) = (core.horizon_ms, core.stale_ms);
+        let outs = py.allow_threads(|| batch.emit_rows(&periods, horizon, stale));
+        let rows = PyList::empty(py);
+        let facts = PyList::empty(py);
+        let live = PyList::empty(py);
+        for o in &outs {
+            let (ti, part) = (batch.topics[o.msg], batch.partitions[o.msg]);
+            if let Some(l) = &o.live {
+                let rec = batch.records[o.ri].as_ref().expect("touched records are held");
+                live.append((o.ri, rec.trust.as_str(), l.period, l.clocked, l.disposition, l.site.as_deref(),
+                             l.arrived, l.handover, l.icb.as_str(), ti, part))?;
             }
+            rows.append((o.ri, PyBytes::new(py, &o.row), o.expires, ti, part))?;
+            facts.append((PyBytes::new(py, o.fact_key.as_bytes()), PyBytes::new(py, o.value.as_bytes()), o.kind,
+                          o.version, ti, part))?;
+        }
+        let dead = PyList::empty(py);
+        for d in &batch.dead {
+            match d {
+                Dead::Python(i) => dead.append((*i, py.None(), py.None()))?,
+                Dead::WrongKey(i, want) => dead.append((*i, "wrong_key", want.as_str()))?,
+                Dead::LateAfterExpiry(i) => dead.append((*i, "late_after_expiry", py.None()))?,
+            }
+        }
+        let counts = PyDict::new(py);
+        for (trust, by_type) in &batch.event_counts {
+            for (et, n) in by_type.iter().enumerate() {
+                if *n > 0 {
+                    counts.set_item((EVENT_TYPES[et], trust.as_str()), *n)?;
+                }
+            }
+        }
+        let dups = PyDict::new(py);
+        for (trust, n) in &batch.duplicates {
+            dups.set_item(trust.as_str(), *n)?;
+        }
+        PyTuple::new(py, [
+            rows.into_any(), facts.into_any(), live.into_any(), dead.into_any(), counts.into_any(), dups.into_any(),
+            batch.new_states.into_pyobject(py)?.into_any(), batch.max_event_time.into_pyobject(py)?.into_any(),
+        ])
+    }
+}
+
+type TodoColumns = (Vec<Option<String>>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<i64>);
+
+impl Batch {
+    /// The fold itself, on Rust data only (run without the GIL).
+    fn fold_rows(&mut self, raw: &[Option<&[u8]>], horizon_ms: i64, watermarks: &HashMap<(usize, i64), i64>)
+                 -> Result<TodoColumns, String> {
+        self.records = Vec::with_capacity(raw.len());
+        for r in raw {
+            self.records.push(match r {
+                None => None,
+                Some(b) => Some(decode_row(b)?),
+            });
         }
         let horizon = horizon_ms;
         self.touched_msg = vec![usize::MAX; self.records.len()];
@@ -1636,43 +1732,41 @@ impl Batch {
                 _ => rec.geo = Some(unknown_geo(GEO_NO_LOCATION)),
             }
         }
-        self.folded = true;
-        let marks = PyDict::new(py);
-        for (tp, wm) in &self.marks {
-            marks.set_item(*tp, *wm)?;
-        }
         let _ = self.now_ms;
-        let f64s = |v: &[f64]| PyBytes::new(py, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
-        let todo = PyTuple::new(py, [
-            PyList::new(py, &postcodes)?.into_any(), f64s(&lat).into_any(), f64s(&lon).into_any(),
-            f64s(&east).into_any(), f64s(&north).into_any(),
-            PyBytes::new(py, &times.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).into_any(),
-        ])?;
-        PyTuple::new(py, [todo.into_any(), marks.into_any()])
+        Ok((postcodes, lat, lon, east, north, times))
     }
-    /// Geography in (``places``: one 7-tuple per location ``fold`` listed) -> rows, facts, live
-    /// fields and counts; see streams/native.py for the shapes.
-    fn emit<'py>(&mut self, py: Python<'py>, mut core: PyRefMut<'py, WorkerCore>, places: &Bound<'py, PyList>)
-                 -> PyResult<Bound<'py, PyTuple>> {
-        let batch = self;
-        if !batch.folded {
-            return Err(PyValueError::new_err("emit before fold"));
-        }
-        if places.len() != batch.todo.len() {
-            return Err(PyValueError::new_err(format!(
-                "{} places for {} locations", places.len(), batch.todo.len())));
-        }
-        for (j, &ri) in batch.todo.iter().enumerate() {
-            let g: Vec<String> = places.get_item(j)?.extract()?;
-            let g: [String; 7] = g.try_into().map_err(|_| PyValueError::new_err("a place is 7 codes"))?;
-            batch.records[ri].as_mut().expect("todo is of held records").geo = Some(g);
-        }
-        let rows = PyList::empty(py);
-        let facts = PyList::empty(py);
-        let live = PyList::empty(py);
-        for &ri in &batch.touched {
-            let msg = batch.touched_msg[ri];
-            let rec = batch.records[ri].as_ref().expect("touched records are held");
+}
+
+struct LiveOut {
+    period: i64,
+    clocked: bool,
+    disposition: Option<&'static str>,
+    site: Option<String>,
+    arrived: Option<i64>,
+    handover: Option<i64>,
+    icb: String,
+}
+
+struct EmitOut {
+    ri: usize,
+    msg: usize,
+    row: Vec<u8>,
+    expires: i64,
+    fact_key: String,
+    value: String,
+    kind: u8,
+    version: i64,
+    live: Option<LiveOut>,
+}
+
+impl Batch {
+    /// BatchStep._emit on Rust data only (run without the GIL): per touched state, its row, its
+    /// fact and, for an incident, what the live view keeps.
+    fn emit_rows(&self, periods: &HashMap<i64, Periods>, horizon_ms: i64, stale_ms: i64) -> Vec<EmitOut> {
+        let mut out = Vec::with_capacity(self.touched.len());
+        for &ri in &self.touched {
+            let msg = self.touched_msg[ri];
+            let rec = self.records[ri].as_ref().expect("touched records are held");
             let no_geo;
             let geo = match &rec.geo {
                 Some(g) => g,
@@ -1681,53 +1775,29 @@ impl Batch {
                     &no_geo
                 }
             };
-            let p = core.periods_of(py, rec.period_time())?;
-            let complete = rec.complete();
-            let expires = rec.last + if complete { core.horizon_ms } else { core.stale_ms };
-            let (value, kind, ident) = match &rec.kind {
+            let t = rec.period_time();
+            let p = &periods[&(t - t.rem_euclid(HOUR_MS))];
+            let expires = rec.last + if rec.complete() { horizon_ms } else { stale_ms };
+            let (value, kind, ident, live) = match &rec.kind {
                 Kind::Incident(s) => {
                     let site = match &s.site {
                         Some(v) if !v.is_empty() => Some(v.clone()),
                         _ => s.destination_site.clone(),
                     };
-                    live.append((
-                        ri, rec.trust.as_str(), rec.period_time(), s.clock_start.is_some(),
-                        if s.disposition == 0 { None } else { Some(DISPOSITIONS[s.disposition as usize]) },
-                        site, s.arrived, s.handover_at, geo[4].clone(), batch.topics[msg], batch.partitions[msg],
-                    ))?;
-                    (incident_fact_json(rec, s, &geo, &p), 0u8, s.incident_id.as_str())
+                    let live = LiveOut {
+                        period: t, clocked: s.clock_start.is_some(),
+                        disposition: if s.disposition == 0 { None } else { Some(DISPOSITIONS[s.disposition as usize]) },
+                        site, arrived: s.arrived, handover: s.handover_at, icb: geo[4].clone(),
+                    };
+                    (incident_fact_json(rec, s, geo, p), 0u8, s.incident_id.as_str(), Some(live))
                 }
-                Kind::Call(c) => (call_fact_json(rec, c, &geo, &p), 1u8, c.call_id.as_str()),
+                Kind::Call(c) => (call_fact_json(rec, c, geo, p), 1u8, c.call_id.as_str(), None),
             };
-            let fact_key = format!("{}:{}", rec.trust, ident);
-            rows.append((ri, PyBytes::new(py, &encode_row(rec, expires)), expires, batch.topics[msg],
-                         batch.partitions[msg]))?;
-            facts.append((PyBytes::new(py, fact_key.as_bytes()), PyBytes::new(py, value.as_bytes()), kind,
-                          rec.version(), batch.topics[msg], batch.partitions[msg]))?;
+            out.push(EmitOut {
+                ri, msg, row: encode_row(rec, expires), expires, fact_key: format!("{}:{}", rec.trust, ident), value,
+                kind, version: rec.version(), live,
+            });
         }
-        let dead = PyList::empty(py);
-        for d in &batch.dead {
-            match d {
-                Dead::Python(i) => dead.append((*i, py.None(), py.None()))?,
-                Dead::WrongKey(i, want) => dead.append((*i, "wrong_key", want.as_str()))?,
-                Dead::LateAfterExpiry(i) => dead.append((*i, "late_after_expiry", py.None()))?,
-            }
-        }
-        let counts = PyDict::new(py);
-        for (trust, by_type) in &batch.event_counts {
-            for (et, n) in by_type.iter().enumerate() {
-                if *n > 0 {
-                    counts.set_item((EVENT_TYPES[et], trust.as_str()), *n)?;
-                }
-            }
-        }
-        let dups = PyDict::new(py);
-        for (trust, n) in &batch.duplicates {
-            dups.set_item(trust.as_str(), *n)?;
-        }
-        PyTuple::new(py, [
-            rows.into_any(), facts.into_any(), live.into_any(), dead.into_any(), counts.into_any(), dups.into_any(),
-            batch.new_states.into_pyobject(py)?.into_any(), batch.max_event_time.into_pyobject(py)?.into_any(),
-        ])
+        out
     }
 }
