@@ -286,12 +286,12 @@ class Output:
                                   "on_delivery": self._on_failure})
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+        # One call per changelog record: kept minimal. An idempotent producer reports each
+        # partition's deliveries in order, so the last report is the highest offset.
+        if err is None:
+            self._offsets[msg.partition()] = msg.offset()
         else:
-            p, o = msg.partition(), msg.offset()
-            if o > self._offsets.get(p, -1):
-                self._offsets[p] = o
+            self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
 
     def _on_failure(self, err: Any, msg: Any) -> None:
         if err is not None:
