@@ -120,25 +120,38 @@ class TopicArchiver:
 
     def __init__(self, store: Store, consumer: Any, topics: Sequence[str], table: str,
                  to_rows: Callable[[Sequence[Any]], pa.Table], batch_size: int = 20_000,
-                 batch_seconds: float = 0.2) -> None:
+                 batch_seconds: float = 1.0) -> None:
         self.store, self.consumer, self.table, self.to_rows = store, consumer, table, to_rows
         self.batch_size, self.batch_seconds = batch_size, batch_seconds
         self.stats = RawStats()
         self.assigned: list[Any] = []
+        self._pending: list[Any] = []
+        self._since = 0.0
         consumer.subscribe(list(topics), on_assign=self.on_assign)
 
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.assigned = list(partitions)
 
     def step(self) -> int:
-        from confluent_kafka import TopicPartition
-
+        """Take what is there now without waiting (the fact sink shares this thread, and its
+        freshness must not wait on the archive), and insert once ``batch_size`` messages are
+        gathered or the oldest has waited ``batch_seconds``. Returns the messages taken."""
         from sinks.sink import take_batch
 
-        msgs = take_batch(self.consumer, self.batch_size, self.batch_seconds, poll=0.2, missing_topics_ok=True,
-                          what=f"{self.table}: ")
-        if not msgs:
-            return 0
+        msgs = take_batch(self.consumer, self.batch_size - len(self._pending), 0.005, poll=0.005,
+                          missing_topics_ok=True, what=f"{self.table}: ")
+        if msgs and not self._pending:
+            self._since = time.monotonic()
+        self._pending += msgs
+        if self._pending and (len(self._pending) >= self.batch_size
+                              or time.monotonic() - self._since >= self.batch_seconds):
+            self._insert(self._pending)
+            self._pending = []
+        return len(msgs)
+
+    def _insert(self, msgs: Sequence[Any]) -> None:
+        from confluent_kafka import TopicPartition
+
         rows = self.to_rows(msgs)
         self.store.insert_arrow(self.table, rows, batch_token(self.table, msgs))
         nxt: dict[tuple[str, int], int] = {}
@@ -148,7 +161,6 @@ class TopicArchiver:
         self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()], asynchronous=False)
         self.stats.batches += 1
         self.stats.rows += rows.num_rows
-        return len(msgs)
 
     def caught_up(self) -> bool:
         """Every assigned partition's committed offset is at its end: a finite run may stop."""

@@ -96,7 +96,7 @@ class FakeMessage:
         return (0, 0)  # TIMESTAMP_NOT_AVAILABLE
 
 
-def test_load_batch_groups_by_partition_with_offset_tokens_and_sets_bad_messages_aside(store: ChdbStore) -> None:
+def test_load_batch_loads_every_partition_at_once_and_sets_bad_messages_aside(store: ChdbStore) -> None:
     msgs = fact_messages(EXAMPLE)
     fake = [FakeMessage("facts", i % 2, 100 + i, k, v) for i, (k, v) in enumerate(msgs)]
     fake.append(FakeMessage("facts", 0, 999, b"k", b"not json"))
