@@ -57,7 +57,7 @@ def centile(xs: list[float], q: float) -> float:
 def measure(base: Settings, work: Path, rate: float, seconds: float, worker_within: float,
             sink_seconds: float) -> dict[str, Any]:
     s = with_prefix(base, f"f{int(worker_within * 10)}")
-    pool = load_pool(config.load(), "sample")
+    pool = load_pool(config.load())
     codec = default_codec()
     store = ChdbStore(work / f"chdb-{uuid.uuid4().hex[:6]}")
     mig.migrate(store)

@@ -165,7 +165,7 @@ def worker_stream(days: int) -> list[Any]:
     from streams.pipeline import BatchStep, DictStore, InMessage
 
     cfg = SimConfig(start=date(2025, 10, 1), days=days, seed=11, mess=Mess.preset("default"))
-    events = list(clean_events(cfg, load_pool(config.load(), "sample")))
+    events = list(clean_events(cfg, load_pool(config.load())))
     geo = IndexGeo.load(config.load().geo_index_dir)
     codec, now = default_codec(), int(time.time() * 1000)
     step = BatchStep(geo, geo, DictStore())

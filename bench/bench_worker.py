@@ -87,7 +87,7 @@ def feed(n: int) -> list[Event]:
     scale = max(0.05, n / 130_000)  # a day of England at scale 1 is ~130k events with 111 calls
     cfg = SimConfig(start=date(2025, 10, 1), days=1, trusts=TRUSTS, seed=5, scale=scale,
                     mess=Mess.preset("default"))
-    events = list(clean_events(cfg, load_pool(config.load(), "sample")))
+    events = list(clean_events(cfg, load_pool(config.load())))
     return events[:n] if len(events) >= n else events
 
 
@@ -235,7 +235,7 @@ def batch_step_alone(events: list[Event], geo: IndexGeo, batch: int = 10_000, na
 
 def incidents_only(n: int) -> list[Event]:
     """``n`` incident_created events (one per incident) of every trust: state size, not realism."""
-    pool = load_pool(config.load(), "sample")
+    pool = load_pool(config.load())
     t0 = int(time.time() * 1000) - 3 * 86_400_000
     out = []
     for i in range(n):
