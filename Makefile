@@ -17,7 +17,7 @@ help:
 	@echo "make fuzz   - atheris fuzzing of the decoders, parsers and the SQL guard"
 	@echo "make clean  - stop the local stack and remove .amb/ and .venv/"
 
-$(STAMP): pyproject.toml native/Cargo.toml native/src/lib.rs native/src/worker.rs
+$(STAMP): pyproject.toml native/Cargo.toml $(wildcard native/src/*.rs)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

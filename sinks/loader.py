@@ -103,12 +103,54 @@ _REQUIRED: Final = {
 }
 
 
+def _native_spec(kind: FactKind) -> list[tuple[str, str, bool]]:
+    kinds = {pa.string(): "str", pa.int64(): "int", pa.uint32(): "int", pa.bool_(): "bool"}
+    required = set(_REQUIRED[kind.name])
+    return [(f.name, kinds[f.type], f.name not in required) for f in kind.schema]
+
+
+_SPECS: Final = [_native_spec(k) for k in KINDS]
+
+
+def _native_columns(values: Sequence[bytes]) -> dict[str, pa.Table] | None:
+    """The canonical messages (exactly as the worker writes them) decoded by amb_native in one
+    pass; None when the extension is absent or any message is not canonical."""
+    from streams.native import load
+
+    module = load()
+    if module is None or not hasattr(module, "decode_facts"):
+        return None
+    got = module.decode_facts(values if isinstance(values, list) else list(values), *_SPECS)
+    if got is None:
+        return None
+    out: dict[str, pa.Table] = {}
+    for kind, (rows, cols) in zip(KINDS, got, strict=True):
+        arrays = []
+        for f, (nulls, valid, values_buf, data) in zip(kind.schema, cols, strict=True):
+            typ = pa.int64() if f.type == pa.uint32() else f.type
+            validity = pa.py_buffer(valid) if nulls else None
+            bufs = [validity, pa.py_buffer(values_buf)] + ([pa.py_buffer(data)] if data is not None else [])
+            arrays.append(pa.Array.from_buffers(typ, rows, bufs, null_count=nulls))
+        try:
+            out[kind.name] = pa.Table.from_arrays(arrays, names=list(kind.schema.names)).cast(kind.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None  # e.g. a version out of UInt32's range: the slow path says so
+    return out
+
+
 def decode_columns(values: Sequence[bytes]) -> dict[str, pa.Table] | None:
     """A batch of ``<prefix>.incident-facts`` JSON messages (streams.fact_codec) -> one Arrow table
-    per fact kind, parsed in C++ (pyarrow.json) with no Python per message. None unless EVERY
-    message is a well-formed fact message of the current format: the caller then decodes one by
-    one with ``fact_codec.decode``, which names each bad message's reason for the DLQ."""
+    per fact kind, with no Python per message: in Rust (amb_native) when every message is in the
+    worker's canonical form (about 10x faster), else parsed in C++ by pyarrow.json. None unless
+    EVERY message is a well-formed fact message of the current format: the caller then decodes one
+    by one with ``fact_codec.decode``, which names each bad message's reason for the DLQ."""
     import io
+
+    if not values:
+        return None
+    native = _native_columns(values)
+    if native is not None:
+        return native
 
     import pyarrow.json as pajson
 

@@ -30,6 +30,14 @@ if TYPE_CHECKING:
     from amb.geo.index import GeoIndex
 
 
+class _Unplaced(dict[str, Place]):
+    """status -> the unknown-everywhere place with that status."""
+
+    def __missing__(self, status: str) -> Place:
+        place = self[status] = (UNKNOWN,) * 6 + (status,)
+        return place
+
+
 class IndexGeo:
     """Attributor and Hierarchy over a :class:`GeoIndex` (see the module docstring)."""
 
@@ -37,6 +45,8 @@ class IndexGeo:
         self.index = index
         self._lsoa_pos = {str(code): i for i, code in enumerate(index.lsoa_codes.tolist())}
         self._tables: dict[int, list[Areas | None]] = {}
+        self._head_tables: dict[int, list[tuple[str, str, str, str, str, str] | None]] = {}
+        self._unplaced: dict[str, Place] = _Unplaced()
         self.calls = 0
         self.locations = 0
 
@@ -51,7 +61,7 @@ class IndexGeo:
         transformers, ~1.5 s): at start-up, not inside the first batch of events."""
         nan = np.array([np.nan])
         for vi in range(len(self.index.vintages)):
-            self._areas_at(str(self.index.lsoa_codes[0]), vi)
+            self._heads(vi)
         self.index.attribute_columns(postcode=[None], easting=np.array([530000.0]), northing=np.array([180000.0]),
                                      lat=nan, lon=nan, n=1)
         self.index.attribute_columns(postcode=["SW1A 1AA"], easting=nan, northing=nan, lat=np.array([51.5]),
@@ -89,18 +99,29 @@ class IndexGeo:
             return []
         att = self.index.attribute_columns(postcode=postcode, easting=easting, northing=northing, lat=lat, lon=lon,
                                            times_ms=times_ms, n=n)
-        codes = self.index.lsoa_codes
-        vintages = att.vintage.tolist() if len(self.index.vintages) > 1 else [0] * n
+        multi = len(self.index.vintages) > 1
+        vintages = att.vintage.tolist() if multi else None
+        heads = self._heads(0)
+        unplaced = self._unplaced
         out: list[Place] = []
-        for lsoa, status, vi in zip(att.lsoa.tolist(), att.status.tolist(), vintages, strict=True):
+        for k, (lsoa, status) in enumerate(zip(att.lsoa.tolist(), att.status.tolist(), strict=True)):
             name = STATUS_NAMES[status]
             if lsoa < 0:
-                out.append((UNKNOWN,) * 6 + (GEO_UNMATCHED if name == GEO_OK else name,))
+                out.append(unplaced[GEO_UNMATCHED if name == GEO_OK else name])
                 continue
-            a = self._areas_at(str(codes[lsoa]), vi)
-            out.append((UNKNOWN,) * 6 + (GEO_NOT_IN_HIERARCHY,) if a is None
-                       else (str(codes[lsoa]), a.msoa, a.lad, a.sicbl, a.icb, a.region, name))
+            head = (self._heads(vintages[k]) if vintages is not None else heads)[lsoa]
+            out.append(unplaced[GEO_NOT_IN_HIERARCHY] if head is None else head + (name,))
         return out
+
+    def _heads(self, vi: int) -> list[tuple[str, str, str, str, str, str] | None]:
+        """Per LSOA index: (lsoa, msoa, lad, sicbl, icb, region) in vintage ``vi`` (None: not in it)."""
+        heads = self._head_tables.get(vi)
+        if heads is None:
+            codes = [str(c) for c in self.index.lsoa_codes.tolist()]
+            heads = self._head_tables[vi] = [
+                None if (a := self._areas_at(c, vi)) is None else (c, a.msoa, a.lad, a.sicbl, a.icb, a.region)
+                for c in codes]
+        return heads
 
     def _areas_at(self, lsoa21: str, vi: int) -> Areas | None:
         pos = self._lsoa_pos.get(lsoa21)

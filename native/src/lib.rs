@@ -13,6 +13,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
+mod facts;
 mod worker;
 
 /// Column slots, in this order (amb/columnar.py's NATIVE_FIELDS must match).
@@ -740,6 +741,7 @@ fn parse_time_ms(text: &str) -> Option<i64> {
 fn amb_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_rows, m)?)?;
     m.add_class::<worker::WorkerCore>()?;
+    m.add_function(wrap_pyfunction!(facts::decode_facts, m)?)?;
     m.add_class::<worker::Batch>()?;
     m.add_function(wrap_pyfunction!(parse_time_ms, m)?)?;
     m.add_function(wrap_pyfunction!(encode_csv, m)?)?;
