@@ -164,7 +164,7 @@ def events_done(port: int) -> float:
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("amb_worker_events_total{"))
 
 
-def publish_to_facts(s: Settings, events: list[Event], workdir: Path) -> float:
+def publish_to_facts(s: Settings, events: list[Event], workdir: Path, broker_pid: int | None) -> dict[str, float]:
     """The whole path at once: a running worker, then the feed published as fast as one producer
     goes (pre-encoded, as bench_publish's native path writes it); events/s from the first publish
     to the last event's facts delivered (the worker's own counter, updated after delivery)."""
@@ -176,14 +176,29 @@ def publish_to_facts(s: Settings, events: list[Event], workdir: Path) -> float:
         deadline = time.monotonic() + 120
         while metrics(port).get("amb_worker_assigned_partitions", 0) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)  # joined its group and has its partitions: nothing of start-up is timed
+        broker0, worker0, own0 = proc_cpu(broker_pid), proc_cpu(proc.pid), time.process_time()
         t0 = time.perf_counter()
         publish_fast(s, events)
+        producer = time.process_time() - own0
         while events_done(port) < len(events) and proc.poll() is None:
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        broker, worker = proc_cpu(broker_pid) - broker0, proc_cpu(proc.pid) - worker0
         proc.terminate()
         proc.wait(60)
-    return len(events) / elapsed
+    return {"rate": len(events) / elapsed, "elapsed_s": elapsed, "broker_cpu_s": broker, "worker_cpu_s": worker,
+            "producer_cpu_s": producer}
+
+
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) a running process has used: /proc/PID/stat."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raw_consume(s: Settings, n: int) -> float:
@@ -262,7 +277,7 @@ def publish_fast(s: Settings, events: list[Event]) -> None:
         raise SystemExit("could not publish the RSS feed")
 
 
-def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict[str, Any]]:
+def run(settings: Settings, n: int, rss_states: int, workdir: Path, broker_pid: int | None = None) -> list[dict[str, Any]]:
     geo = IndexGeo(GeoIndex(config.load().geo_index_dir))
     events = feed(n)
     n = len(events)
@@ -286,8 +301,10 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
     log(f"batched, 1 s to fill: {wb['summary']}")
     paths = {mode: faust_path(batched, n, mode) for mode in ("stream", "bulk")}
     log(f"Faust, agent doing nothing: per-message stream {paths['stream']:,.0f}/s, bulk {paths['bulk']:,.0f}/s")
-    whole = publish_to_facts(with_prefix(settings, "w"), events, workdir)
-    log(f"publish -> facts with the worker running: {whole:,.0f}/s")
+    path = publish_to_facts(with_prefix(settings, "w"), events, workdir, broker_pid)
+    whole = path["rate"]
+    log(f"publish -> facts with the worker running: {whole:,.0f}/s in {path['elapsed_s']:.1f} s; CPU-s: "
+        f"broker {path['broker_cpu_s']:.1f}, worker {path['worker_cpu_s']:.1f}, producer {path['producer_cpu_s']:.1f}")
     log("naive worker")
     nv = run_worker(naive, workdir, "--naive", "--store", "memory")
     log(f"naive: {nv['summary']}")
@@ -313,6 +330,10 @@ def run(settings: Settings, n: int, rss_states: int, workdir: Path) -> list[dict
          "unit": "events/s", "baseline": "naive per-event agent, memory table", "baseline_value": nv["rate"]},
         {"name": "publish -> facts, worker running, events/s", "value": whole, "unit": "events/s",
          "baseline": "amb worker on the published backlog", "baseline_value": w["rate"]},
+        *[{"name": f"  publish -> facts: {who} CPU, % of the 2 cores' time", "unit": "%",
+           "value": 100 * path[f"{who}_cpu_s"] / (path["elapsed_s"] * (os.cpu_count() or 1)),
+           "baseline": f"{who} CPU-s per 100k events", "baseline_value": 1e5 * path[f"{who}_cpu_s"] / n}
+          for who in ("broker", "worker", "producer")],
         {"name": "amb worker --batch-within 1.0, events/s", "value": wb["rate"], "unit": "events/s",
          "baseline": "amb worker (0.2 s to fill a batch)", "baseline_value": w["rate"]},
         {"name": "amb worker, events per worker CPU-second", "value": per_cpu(w),
@@ -350,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             log("starting a private Kafka broker")
             stack.up(timeout=120)
             try:
-                rows = run(stack.settings, n, rss_states, work)
+                rows = run(stack.settings, n, rss_states, work, stack.kafka_pid())
             finally:
                 stack.down(timeout=30)
     with open("/proc/loadavg") as f:
@@ -359,9 +380,11 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {load} on {os.cpu_count()} CPUs")
     print(f"{'measure':<62} {'value':>10} {'unit':<9} {'baseline':<48} {'value':>10} {'ratio':>6}")
     for r in rows:
-        ratio = r["value"] / r["baseline_value"] if r["baseline_value"] else float("nan")
-        print(f"{r['name']:<62} {r['value']:>10,.0f} {r['unit']:<9} {r['baseline']:<48} "
-              f"{r['baseline_value']:>10,.0f} {ratio:>6.2f}")
+        share = r["unit"] == "%"  # a CPU share beside CPU-s per 100k events: no ratio
+        ratio = r["value"] / r["baseline_value"] if r["baseline_value"] and not share else float("nan")
+        f = ",.1f" if share else ",.0f"
+        print(f"{r['name']:<62} {r['value']:>10{f}} {r['unit']:<9} {r['baseline']:<48} "
+              f"{r['baseline_value']:>10{f}} {ratio:>6.2f}")
     worker = rows[0]["value"]
     print(f"target {TARGET:,} events/s per worker: {'met' if worker >= TARGET else 'NOT met'} "
           f"({worker / TARGET:.0%} of it)")
