@@ -52,8 +52,12 @@ P90_SQL: Final = (
     "if(t = 0, NULL, arrayElement(arrayMap(x -> x.1, h), arrayFirstIndex(c -> c > least(toInt64(0.9 * t), t - 1), "
     "arrayCumSum(arrayMap(x -> x.2, h)))))"
 )
-"""quantileExact(0.9) of a histogram ``h`` (array of (value, count) sorted by value) of total ``t``:
-the value at 0-based index min(int(0.9 t), t - 1), the same double product as Python's."""
+"""quantileExact(0.9) of ``h``, an array of (value, sign) sorted by value then sign, net total ``t``:
+the value at 0-based index k = min(int(0.9 t), t - 1) of the net multiset (the same double product
+as Python's), i.e. the first value whose running net count passes k. A -1 row is a copy of an
+earlier +1 row of the same cell and sorts before it, so within one value's run the running count
+first falls and then rises to its net: it passes k inside a run only if it ends the run above k,
+and the answer is exact with no per-value grouping (a sort per cell instead of a hash per value)."""
 
 
 class QueryError(ValueError):
@@ -214,10 +218,8 @@ def centile_sql(q: Query) -> tuple[str, dict[str, Any]]:
         inner_keys = f"{code_col} AS code, intDiv({q.by}_ms, 1000) AS p"
     sql = (
         f"SELECT {keys}, {P90_SQL} AS p90_ms\nFROM (\n"
-        f"  SELECT {keys}, arraySort(groupArray((v, n))) AS h, sum(n) AS t\n  FROM (\n"
-        f"    SELECT {inner_keys}, assumeNotNull({value}) AS v, sum(sign) AS n\n"
-        f"    FROM {table}\n    WHERE {' AND '.join(where)}\n"
-        f"    GROUP BY {keys}, v\n    HAVING n != 0)\n"
+        f"  SELECT {inner_keys}, arraySort(groupArray((assumeNotNull({value}), toInt64(sign)))) AS h,"
+        f" sum(sign) AS t\n  FROM {table}\n  WHERE {' AND '.join(where)}\n"
         f"  GROUP BY {keys})"
     )
     return sql, params
