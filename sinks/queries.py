@@ -49,15 +49,16 @@ FORMATS: Final = ("table", "csv", "json")
 _CODE_COLUMN: Final = {lvl: lvl for lvl in HANDOVER_LEVELS} | {"england": f"'{ENGLAND}'"}
 
 P90_SQL: Final = (
-    "if(t = 0, NULL, arrayElement(arrayMap(x -> x.1, h), arrayFirstIndex(c -> c > least(toInt64(0.9 * t), t - 1), "
-    "arrayCumSum(arrayMap(x -> x.2, h)))))"
+    "if(t = 0, NULL, bitShiftRight(arrayElement(h, arrayFirstIndex(c -> c > least(toInt64(0.9 * t), t - 1), "
+    "arrayCumSum(arrayMap(x -> bitAnd(x, 1) * 2 - 1, h)))), 1))"
 )
-"""quantileExact(0.9) of ``h``, an array of (value, sign) sorted by value then sign, net total ``t``:
-the value at 0-based index k = min(int(0.9 t), t - 1) of the net multiset (the same double product
-as Python's), i.e. the first value whose running net count passes k. A -1 row is a copy of an
-earlier +1 row of the same cell and sorts before it, so within one value's run the running count
-first falls and then rises to its net: it passes k inside a run only if it ends the run above k,
-and the answer is exact with no per-value grouping (a sort per cell instead of a hash per value)."""
+"""quantileExact(0.9) of ``h``, a sorted array of signed rows packed as ``value * 2 + (sign > 0)``,
+net total ``t``: the value at 0-based index k = min(int(0.9 t), t - 1) of the net multiset (the
+same double product as Python's), i.e. the first value whose running net count passes k. A -1
+row is a copy of an earlier +1 row of the same cell and sorts just before it (2v < 2v + 1), so
+within one value's run the running count first falls and then rises to its net: it passes k
+inside a run only if it ends the run above k. So the answer is exact with one sort of plain
+integers per cell, no grouping by value (the shift is arithmetic: negative values unpack too)."""
 
 
 class QueryError(ValueError):
@@ -218,7 +219,7 @@ def centile_sql(q: Query) -> tuple[str, dict[str, Any]]:
         inner_keys = f"{code_col} AS code, intDiv({q.by}_ms, 1000) AS p"
     sql = (
         f"SELECT {keys}, {P90_SQL} AS p90_ms\nFROM (\n"
-        f"  SELECT {inner_keys}, arraySort(groupArray((assumeNotNull({value}), toInt64(sign)))) AS h,"
+        f"  SELECT {inner_keys}, arraySort(groupArray(assumeNotNull({value}) * 2 + (sign > 0))) AS h,"
         f" sum(sign) AS t\n  FROM {table}\n  WHERE {' AND '.join(where)}\n"
         f"  GROUP BY {keys})"
     )

@@ -262,20 +262,20 @@ def test_check_finds_a_batch_applied_twice(store: ChdbStore) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kept=st.lists(st.integers(0, 40), max_size=30), replaced=st.lists(st.integers(0, 40), max_size=30),
+@given(kept=st.lists(st.integers(-5, 40), max_size=30), replaced=st.lists(st.integers(-5, 40), max_size=30),
        seed=st.integers(0, 2**16))
 def test_the_p90_of_signed_rows_is_quantile_exact_of_what_they_net_to(
         module_store: ChdbStore, kept: list[int], replaced: list[int], seed: int) -> None:
-    """P90_SQL reads (value, sign) rows sorted by value then sign, with no grouping by value: each
-    replaced value appears as +1 and as its -1 copy (small values, so ties are common), and the
-    answer must be ClickHouse's quantileExact(0.9) of the values kept."""
+    """P90_SQL reads signed rows packed as value * 2 + (sign > 0) and sorted, with no grouping by
+    value: each replaced value appears as +1 and as its -1 copy (small values, negative ones too,
+    so ties are common), and the answer must be ClickHouse's quantileExact(0.9) of the values kept."""
     from domain.metrics import centile
 
     rows = [(v, 1) for v in kept] + [(v, 1) for v in replaced] + [(v, -1) for v in replaced]
     random.Random(seed).shuffle(rows)
-    literal = "[" + ", ".join(f"({v}, {s})" for v, s in rows) + "]" if rows else "[]::Array(Tuple(Int64, Int64))"
-    got = module_store.query(f"SELECT {queries.P90_SQL} FROM (SELECT arraySort(CAST({literal}, "
-                             f"'Array(Tuple(Int64, Int64))')) AS h, toInt64({len(kept)}) AS t)").scalar()
+    literal = "[" + ", ".join(str(v * 2 + (s > 0)) for v, s in rows) + "]"
+    got = module_store.query(f"SELECT {queries.P90_SQL} FROM (SELECT arraySort(CAST({literal}, 'Array(Int64)')) AS h, "
+                             f"toInt64({len(kept)}) AS t)").scalar()
     assert got == centile(kept)
     if kept:
         direct = module_store.query(f"SELECT quantileExact(0.9)(v) FROM (SELECT arrayJoin([{', '.join(map(str, kept))}]) AS v)")
