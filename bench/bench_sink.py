@@ -125,34 +125,6 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
 
 
-class _Message:
-    """What sinks.sink.load_batch reads of a consumed message."""
-
-    def __init__(self, partition: int, offset: int, value: bytes) -> None:
-        self._p, self._o, self._v = partition, offset, value
-
-    def topic(self) -> str:
-        return "amb.incident-facts"
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self) -> bytes:
-        return self._v
-
-    def key(self) -> bytes:
-        return b""
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-
 def worker_stream(days: int) -> list[Any]:
     """The fact messages the worker sends for ``days`` simulated days of England, in order."""
     from datetime import date
@@ -161,6 +133,7 @@ def worker_stream(days: int) -> list[Any]:
     from amb.codec import default_codec
     from amb.simulate_io import load_pool
     from domain.simulate import Mess, SimConfig, clean_events
+    from sinks.sink import HeldMessage
     from streams.geo import IndexGeo
     from streams.pipeline import BatchStep, DictStore, InMessage
 
@@ -174,7 +147,8 @@ def worker_stream(days: int) -> list[Any]:
         chunk = events[i:i + 10_000]
         msgs = [InMessage(f"amb.events.{e.trust}", hash(e.key) % 4, i + j, e.key.encode(), codec.encode(e, now))
                 for j, e in enumerate(chunk)]
-        out += [_Message(f.partition, len(out) + k, f.value) for k, f in enumerate(step.process(msgs, now).facts)]
+        out += [HeldMessage("amb.incident-facts", f.partition, len(out) + k, b"", f.value)
+                for k, f in enumerate(step.process(msgs, now).facts)]
     return out
 
 

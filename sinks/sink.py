@@ -88,6 +88,40 @@ class Message(Protocol):
     def timestamp(self) -> tuple[int, int]: ...
 
 
+class HeldMessage:
+    """A :class:`Message` held in memory, for fact messages that come from elsewhere than a
+    consumer (tests, benches): no headers, no error, no timestamp."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
+        self._topic, self._partition, self._offset, self._key, self._value = topic, partition, offset, key, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return []
+
+    def error(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)  # TIMESTAMP_NOT_AVAILABLE
+
+
 @dataclass
 class BatchOutcome:
     """One batch: per-kind load results, undecodable messages, and the offsets to commit."""

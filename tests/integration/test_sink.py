@@ -23,7 +23,7 @@ from domain.incident import apply_any, state_key  # noqa: E402
 from domain.oracle import compute  # noqa: E402
 from sinks import migrate as mig  # noqa: E402
 from sinks import queries  # noqa: E402
-from sinks.sink import FactSink, consumer_config, load_batch  # noqa: E402
+from sinks.sink import FactSink, HeldMessage, consumer_config, load_batch  # noqa: E402
 from sinks.store import ChdbStore  # noqa: E402
 from streams import fact_codec  # noqa: E402
 
@@ -67,39 +67,10 @@ def expected() -> dict[str, list[Any]]:
             for m in queries.METRICS for lvl in ("england", "icb", "lsoa") for by in ("hour", "day", "fy")}
 
 
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
-        self._t, self._p, self._o, self._k, self._v = topic, partition, offset, key, value
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def key(self) -> bytes:
-        return self._k
-
-    def value(self) -> bytes:
-        return self._v
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return []
-
-    def error(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)  # TIMESTAMP_NOT_AVAILABLE
-
-
 def test_load_batch_loads_every_partition_at_once_and_sets_bad_messages_aside(store: ChdbStore) -> None:
     msgs = fact_messages(EXAMPLE)
-    fake = [FakeMessage("facts", i % 2, 100 + i, k, v) for i, (k, v) in enumerate(msgs)]
-    fake.append(FakeMessage("facts", 0, 999, b"k", b"not json"))
+    fake = [HeldMessage("facts", i % 2, 100 + i, k, v) for i, (k, v) in enumerate(msgs)]
+    fake.append(HeldMessage("facts", 0, 999, b"k", b"not json"))
     dead: list[str] = []
     out = load_batch(store, fake, lambda m, reason: dead.append(reason))
     assert len(dead) == 1 and "not an incident-facts message" in dead[0]
