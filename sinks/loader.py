@@ -154,7 +154,7 @@ def decode_columns(values: Sequence[bytes]) -> dict[str, pa.Table] | None:
 
     import pyarrow.json as pajson
 
-    if not values or any(b"\n" in v or not v.strip() for v in values):
+    if any(b"\n" in v or not v.strip() for v in values):
         return None
     try:
         t = pajson.read_json(io.BytesIO(b"\n".join(values)), parse_options=pajson.ParseOptions(

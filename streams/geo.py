@@ -119,24 +119,25 @@ class IndexGeo:
         if heads is None:
             codes = [str(c) for c in self.index.lsoa_codes.tolist()]
             heads = self._head_tables[vi] = [
-                None if (a := self._areas_at(c, vi)) is None else (c, a.msoa, a.lad, a.sicbl, a.icb, a.region)
-                for c in codes]
+                None if a is None else (c, a.msoa, a.lad, a.sicbl, a.icb, a.region)
+                for c, a in zip(codes, self._areas(vi), strict=True)]
         return heads
 
     def _areas_at(self, lsoa21: str, vi: int) -> Areas | None:
         pos = self._lsoa_pos.get(lsoa21)
         if pos is None:
             return None
+        return self._areas(vi)[pos]
+
+    def _areas(self, vi: int) -> list[Areas | None]:
+        """Every LSOA's areas in vintage ``vi`` (by LSOA index), built once in one vectorised pass
+        per level (a per-LSOA lookup rebuilt the level's code array each time: ~5 ms a new LSOA,
+        minutes for a day of England's postcodes)."""
         table = self._tables.get(vi)
         if table is None:
-            table = self._tables[vi] = self._table(vi)
-        return table[pos]
-
-    def _table(self, vi: int) -> list[Areas | None]:
-        """Every LSOA's areas in vintage ``vi``, in one vectorised pass per level (a per-LSOA
-        lookup rebuilt the level's code array each time: ~5 ms a new LSOA, minutes for a day of
-        England's postcodes)."""
-        h = self.index.hierarchies[vi]
-        idx = np.arange(len(self.index.lsoa_codes), dtype=np.int32)
-        cols = [h.codes(level, idx).tolist() for level in ("msoa", "lad", "sicbl", "icb", "region")]
-        return [Areas(*(str(c) for c in row)) if all(row) else None for row in zip(*cols, strict=True)]
+            h = self.index.hierarchies[vi]
+            idx = np.arange(len(self.index.lsoa_codes), dtype=np.int32)
+            cols = [h.codes(level, idx).tolist() for level in ("msoa", "lad", "sicbl", "icb", "region")]
+            table = self._tables[vi] = [Areas(*(str(c) for c in row)) if all(row) else None
+                                        for row in zip(*cols, strict=True)]
+        return table
