@@ -67,67 +67,9 @@ impl<'a> P<'a> {
         }
     }
 
-    fn hex4(&mut self) -> Option<u32> {
-        let h = self.b.get(self.p..self.p + 4)?;
-        self.p += 4;
-        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
-    }
-
     /// A JSON string at p (opening quote included) appended to `out`; None if malformed.
     fn string(&mut self, out: &mut Vec<u8>) -> Option<()> {
-        if !self.lit(b"\"") {
-            return None;
-        }
-        loop {
-            let start = self.p;
-            while self.p < self.b.len() {
-                let c = self.b[self.p];
-                if c == b'"' || c == b'\\' || c < 0x20 {
-                    break;
-                }
-                self.p += 1;
-            }
-            out.extend_from_slice(&self.b[start..self.p]);
-            let c = *self.b.get(self.p)?;
-            if c < 0x20 {
-                return None;
-            }
-            self.p += 1;
-            if c == b'"' {
-                return Some(());
-            }
-            let e = *self.b.get(self.p)?;
-            self.p += 1;
-            match e {
-                b'"' => out.push(b'"'),
-                b'\\' => out.push(b'\\'),
-                b'/' => out.push(b'/'),
-                b'b' => out.push(8),
-                b'f' => out.push(12),
-                b'n' => out.push(b'\n'),
-                b'r' => out.push(b'\r'),
-                b't' => out.push(b'\t'),
-                b'u' => {
-                    let hi = self.hex4()?;
-                    let code = if (0xD800..0xDC00).contains(&hi) {
-                        if !self.lit(b"\\u") {
-                            return None;
-                        }
-                        let lo = self.hex4()?;
-                        if !(0xDC00..0xE000).contains(&lo) {
-                            return None;
-                        }
-                        0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                    } else {
-                        hi
-                    };
-                    let ch = char::from_u32(code)?;
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
-                _ => return None,
-            }
-        }
+        crate::json::unescape(self.b, &mut self.p, out, false)
     }
 
     fn int(&mut self) -> Option<i64> {

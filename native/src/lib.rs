@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 mod facts;
+mod json;
 mod worker;
 
 /// Column slots, in this order (amb/columnar.py's NATIVE_FIELDS must match).

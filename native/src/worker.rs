@@ -881,62 +881,10 @@ impl<'a> Parser<'a> {
     }
 
     fn string(&mut self) -> JResult<String> {
-        self.p += 1; // opening quote
-        let mut out = String::new();
-        loop {
-            let start = self.p;
-            while self.p < self.b.len() && self.b[self.p] != b'"' && self.b[self.p] != b'\\' {
-                self.p += 1;
-            }
-            out.push_str(std::str::from_utf8(&self.b[start..self.p]).map_err(|e| e.to_string())?);
-            match self.b.get(self.p) {
-                None => return Err("unterminated string".into()),
-                Some(b'"') => {
-                    self.p += 1;
-                    return Ok(out);
-                }
-                _ => {
-                    let esc = *self.b.get(self.p + 1).ok_or("bad escape")?;
-                    self.p += 2;
-                    match esc {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'b' => out.push('\u{08}'),
-                        b'f' => out.push('\u{0c}'),
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi)
-                                && self.b[self.p..].starts_with(b"\\u")
-                            {
-                                let save = self.p;
-                                self.p += 2;
-                                let lo = self.hex4()?;
-                                if (0xDC00..0xE000).contains(&lo) {
-                                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                                } else {
-                                    self.p = save;
-                                    hi
-                                }
-                            } else {
-                                hi
-                            };
-                            out.push(char::from_u32(code).ok_or("lone surrogate in a state row")?);
-                        }
-                        _ => return Err("bad escape".into()),
-                    }
-                }
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> JResult<u32> {
-        let h = self.b.get(self.p..self.p + 4).ok_or("short \\u escape")?;
-        self.p += 4;
-        u32::from_str_radix(std::str::from_utf8(h).map_err(|e| e.to_string())?, 16).map_err(|e| e.to_string())
+        let mut out = Vec::new();
+        crate::json::unescape(self.b, &mut self.p, &mut out, true)
+            .ok_or_else(|| format!("malformed string in a state row at {}", self.p))?;
+        String::from_utf8(out).map_err(|e| e.to_string())
     }
 }
 
