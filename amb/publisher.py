@@ -628,7 +628,7 @@ class RecordFile:
 
         try:
             reader = fastavro.reader(self._stream)
-        except (ValueError, EOFError) as exc:
+        except (*_DAMAGED_AVRO, TypeError) as exc:
             raise AmbError(f"{self.name} is not an Avro container file: {exc}") from None
         schema = reader.writer_schema
         name = str(schema.get("name", "")) if isinstance(schema, dict) else ""
@@ -647,8 +647,13 @@ class RecordFile:
                         yield n, _malformed(f"record {n}: {exc}")
                 else:
                     yield n, record
-        except (ValueError, EOFError, OSError) as exc:
+        except (*_DAMAGED_AVRO, OSError) as exc:
             raise AmbError(f"{self.name}: Avro file is damaged after record {n}: {exc}") from None
+
+
+# What fastavro's reader raises on damaged bytes: besides ValueError and EOFError, a damaged
+# header or block can index past the end of a string or look up a missing schema key.
+_DAMAGED_AVRO: Final = (ValueError, EOFError, IndexError, KeyError, OverflowError)
 
 
 def _malformed(message: str) -> Rejection:
