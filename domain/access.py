@@ -381,13 +381,15 @@ _SPACED: Final = frozenset({"from", "as", "in", "join", "on", "using", "and", "o
 
 def render_tokens(tokens: Iterable[Token]) -> str:
     """Canonical SQL text of tokens: spaces between tokens except around '.' and before a call's
-    '(' (so nothing can merge into a comment or another token)."""
+    '(' (so nothing can merge into a comment or another token). A '.' beside a number keeps its
+    space: glued, ``1 . x`` would read back as the number ``1.`` followed by ``x``."""
     parts: list[str] = []
     prev: Token | None = None
     for t in tokens:
         if prev is not None:
             call = prev.kind == "ident" or (prev.kind == "word" and prev.value not in _SPACED)
-            tight = t.text == "." or prev.text == "." or (t.text == "(" and call)
+            tight = ((t.text == "." and prev.kind != "number") or (prev.text == "." and t.kind != "number")
+                     or (t.text == "(" and call))
             if not tight:
                 parts.append(" ")
         parts.append(t.text)
