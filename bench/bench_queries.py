@@ -10,7 +10,10 @@ response and handover tables (exact 90th centiles) at ICB level: p50 and p99 of 
 each next to the same table summed from ``incident_changes`` (the path without rollups), p50,
 measured in the same run.
 
-    python bench/bench_queries.py [--quick] [--n N] [--repeat R] [--json PATH]   # default 10M; --quick 1M
+    python bench/bench_queries.py [--quick] [--n N] [--repeat R] [--json PATH] [--store DIR]   # default 10M; --quick 1M
+
+``--store DIR`` keeps the filled store in DIR and reuses it on the next run with the same N (a 50M
+fill takes about half an hour), so query changes can be measured again on the same data.
 """
 
 from __future__ import annotations
@@ -88,16 +91,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="incidents (overrides --quick), e.g. 50000000")
     ap.add_argument("--repeat", type=int, default=20, help="runs per query (p50, p99 of these)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--store", type=Path, help="keep the filled store here and reuse it when it holds N incidents")
     args = ap.parse_args()
     n = args.n or (1_000_000 if args.quick else 10_000_000)
-    tmp = Path(tempfile.mkdtemp(prefix="amb-bench-queries-"))
+    tmp = args.store or Path(tempfile.mkdtemp(prefix="amb-bench-queries-"))
     results: list[dict[str, Any]] = []
     store = ChdbStore(tmp / "chdb")
     try:
         mig.migrate(store)
-        t = time.perf_counter()
-        fill(store, n, np.random.default_rng(11))
-        log(f"filled {n:,} incidents in {time.perf_counter() - t:.0f} s")
+        held = int(store.query("SELECT count() FROM incident_facts").scalar())
+        if held == n and args.store:
+            log(f"reusing the {n:,} incidents already in {args.store}")
+        elif held:
+            raise SystemExit(f"bench_queries: {tmp} holds {held:,} incidents, not {n:,}; empty it or pick another --store")
+        else:
+            t = time.perf_counter()
+            fill(store, n, np.random.default_rng(11))
+            log(f"filled {n:,} incidents in {time.perf_counter() - t:.0f} s")
         one = {lvl: str(store.query(f"SELECT {lvl} FROM incident_facts LIMIT 1").scalar())
                for lvl in ("region", "icb", "sicbl", "lad", "msoa", "lsoa")}
         year, month = (date(2025, 4, 1), date(2026, 3, 31)), (date(2025, 10, 1), date(2025, 10, 31))
@@ -127,7 +137,8 @@ def main() -> None:
                         "p50_ms": size / n, "p99_ms": float("nan"), "baseline": "", "baseline_ms": float("nan")})
     finally:
         store.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.store:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"bench_queries: {n:,} incidents, {args.repeat} runs per query, chDB {__import__('chdb').engine_version}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'figure':<64} {'p50 ms':>9} {'p99 ms':>9} {'base p50':>9}  baseline")

@@ -3,7 +3,7 @@ period, equal to the batch oracle (``domain.oracle``) to the unit.
 
 Counts and integer millisecond sums come from the signed rollups (exact under corrections). The
 90th centile is ClickHouse's ``quantileExact(0.9)`` definition (``domain.metrics.centile``), taken
-from a signed histogram of the changes table: rows grouped by value with ``sum(sign)``, so that a
+from the signed rows of the changes table, each cell's rows sorted once (``P90_SQL``), so that a
 replaced version cancels before the centile is read. Means and rates are computed here from the
 integer sums with the same float operations as ``domain.metrics``, so they match bit for bit.
 """
@@ -205,10 +205,25 @@ def rollup_sql(q: Query) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
+def _centile_period_column(q: Query) -> str:
+    """The column to filter dates on: the one grouped by when the dates cover whole periods of it
+    (the same rows as ``day_ms``, one column fewer to read), else ``day_ms``. Dates are London
+    midnights, so hours always fit; months fit when --from/--to are month-aligned."""
+    if q.by in (HOUR, DAY) or (q.by == MONTH and _month_aligned(q)):
+        return f"{q.by}_ms"
+    return "day_ms"
+
+
 def centile_sql(q: Query) -> tuple[str, dict[str, Any]]:
-    """The exact 90th centile per (code, period start in epoch seconds[, category]) from the changes."""
+    """The exact 90th centile per (code, period start in epoch seconds[, category]) from the changes.
+    The area's code alone is the PREWHERE: its few granules are cut to its rows before any other
+    column is read (ClickHouse's own choice also moves the null and date tests there, which reads
+    those columns for the whole granules: 1.6x slower at 10M incidents, bench/bench_queries.py)."""
     code_col = _CODE_COLUMN[q.level]
-    where, params = _filters(q, code_col, "day_ms", ms=True)
+    where, params = _filters(q, code_col, _centile_period_column(q), ms=True)
+    prewhere = ""
+    if q.code is not None:
+        prewhere = f"  PREWHERE {where.pop(0)}\n"
     if q.metric == "response":
         table, value, keys = "incident_changes", "response_ms", "code, p, category"
         where[:0] = ["response_ms IS NOT NULL", "category IS NOT NULL"]
@@ -220,7 +235,7 @@ def centile_sql(q: Query) -> tuple[str, dict[str, Any]]:
     sql = (
         f"SELECT {keys}, {P90_SQL} AS p90_ms\nFROM (\n"
         f"  SELECT {inner_keys}, arraySort(groupArray(assumeNotNull({value}) * 2 + (sign > 0))) AS h,"
-        f" sum(sign) AS t\n  FROM {table}\n  WHERE {' AND '.join(where)}\n"
+        f" sum(sign) AS t\n  FROM {table}\n{prewhere}  WHERE {' AND '.join(where)}\n"
         f"  GROUP BY {keys})"
     )
     return sql, params
