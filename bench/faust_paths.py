@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -38,8 +39,9 @@ def main() -> None:
 
     names = sorted(t for t in AdminClient({"bootstrap.servers": args.bootstrap}).list_topics(timeout=10).topics
                    if t.startswith(f"{args.prefix}.events."))
+    datadir = tempfile.mkdtemp(prefix="amb-fp-")
     app = BulkApp(f"bench-{args.mode}-{uuid.uuid4().hex[:6]}", broker=f"kafka://{args.bootstrap}", store="memory://",
-                  web_enabled=False, consumer_auto_offset_reset="earliest", datadir=tempfile.mkdtemp(prefix="amb-fp-"), broker_max_poll_records=10_000,
+                  web_enabled=False, consumer_auto_offset_reset="earliest", datadir=datadir, broker_max_poll_records=10_000,
                   consumer_max_fetch_size=4 * 1024 * 1024, stream_buffer_maxsize=16_384, worker_redirect_stdouts=False)
     source = app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                        acks=args.mode == "stream")
@@ -52,6 +54,7 @@ def main() -> None:
         if seen["n"] >= args.n:
             rate = seen["n"] / (time.perf_counter() - seen["t0"])
             os.write(1, f"{args.mode} {rate:.0f}\n".encode())  # fd 1: Faust's worker redirects sys.stdout
+            shutil.rmtree(datadir, ignore_errors=True)  # os._exit skips every clean-up
             os._exit(0)
 
     if args.mode == "stream":
