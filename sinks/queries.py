@@ -216,27 +216,35 @@ def _centile_period_column(q: Query) -> str:
 
 def centile_sql(q: Query) -> tuple[str, dict[str, Any]]:
     """The exact 90th centile per (code, period start in epoch seconds[, category]) from the changes.
-    The area's code alone is the PREWHERE: its few granules are cut to its rows before any other
-    column is read (ClickHouse's own choice also moves the null and date tests there, which reads
-    those columns for the whole granules: 1.6x slower at 10M incidents, bench/bench_queries.py)."""
+    Kept to the rows it needs and the cheapest grouping (bench/bench_queries.py: response ICB x
+    month at 50M incidents 256 -> about 150 ms): for one area the code alone is the PREWHERE (its
+    few granules are cut to its rows before any other column is read; ClickHouse's own choice also
+    moves the null and date tests there, reading those columns for whole granules) and it is not a
+    grouping key; rows are grouped by the period column as stored, converted to seconds on the
+    few result rows."""
     code_col = _CODE_COLUMN[q.level]
     where, params = _filters(q, code_col, _centile_period_column(q), ms=True)
-    prewhere = ""
+    prewhere, keys, outer = "", [f"{q.by}_ms AS pm"], ["intDiv(pm, 1000) AS p"]
     if q.code is not None:
         prewhere = f"  PREWHERE {where.pop(0)}\n"
-    if q.metric == "response":
-        table, value, keys = "incident_changes", "response_ms", "code, p, category"
-        where[:0] = ["response_ms IS NOT NULL", "category IS NOT NULL"]
-        inner_keys = f"{code_col} AS code, intDiv({q.by}_ms, 1000) AS p, assumeNotNull(category) AS category"
+        outer.insert(0, "{code:String} AS code")
     else:
-        table, value, keys = "handover_changes", "handover_duration_ms", "code, p"
+        keys.insert(0, f"{code_col} AS code")
+        outer.insert(0, "code")
+    if q.metric == "response":
+        table, value = "incident_changes", "response_ms"
+        where[:0] = ["response_ms IS NOT NULL", "category IS NOT NULL"]
+        keys.append("assumeNotNull(category) AS category")
+        outer.append("category")
+    else:
+        table, value = "handover_changes", "handover_duration_ms"
         where.insert(0, "handover_duration_ms IS NOT NULL")
-        inner_keys = f"{code_col} AS code, intDiv({q.by}_ms, 1000) AS p"
+    group = ", ".join(k.rsplit(" AS ", 1)[1] for k in keys)
     sql = (
-        f"SELECT {keys}, {P90_SQL} AS p90_ms\nFROM (\n"
-        f"  SELECT {inner_keys}, arraySort(groupArray(assumeNotNull({value}) * 2 + (sign > 0))) AS h,"
+        f"SELECT {', '.join(outer)}, {P90_SQL} AS p90_ms\nFROM (\n"
+        f"  SELECT {', '.join(keys)}, arraySort(groupArray(assumeNotNull({value}) * 2 + (sign > 0))) AS h,"
         f" sum(sign) AS t\n  FROM {table}\n{prewhere}  WHERE {' AND '.join(where)}\n"
-        f"  GROUP BY {keys})"
+        f"  GROUP BY {group})"
     )
     return sql, params
 
