@@ -152,6 +152,14 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     return s
 
 
+#: Most fact messages per sink load (`amb sink --batch-size`, `amb serve --sink-batch-size`). Each
+#: load costs about half a second in chDB whatever its size (15 statements: lookups, staging,
+#: changes with their rollup views, facts), so a backlog loads 2x faster in batches of 100,000
+#: than of 20,000 (bench/bench_sink.py); light load still loads each --batch-seconds' worth at once.
+#: Memory: the batch's messages and their Arrow columns, a few hundred bytes to a kilobyte each.
+SINK_BATCH_MESSAGES = 100_000
+
+
 # Ports that must be real; the metrics/web ports may be 0, meaning "off" (or "any free port" for Faust).
 _REQUIRED_PORTS = ("kafka_port", "kafka_controller_port", "prometheus_port", "serve_port")
 _OPTIONAL_PORTS = ("publisher_metrics_port", "worker_metrics_port", "sink_metrics_port", "worker_web_port")

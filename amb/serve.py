@@ -64,6 +64,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from amb import __version__
+from amb.config import SINK_BATCH_MESSAGES
 from amb.errors import AmbError
 from amb.identities import Geography, Registry, RegistryFile, load_geography
 from domain import access
@@ -1263,7 +1264,7 @@ class InProcessSink:
     ``error`` holds what stopped the sink thread if it failed (the owner then stops serving)."""
 
     def __init__(self, service: Service, bootstrap: str, topic: str, group: str, dlq_topic: str, *,
-                 batch_size: int = 20_000, batch_seconds: float = 1.0,
+                 batch_size: int = SINK_BATCH_MESSAGES, batch_seconds: float = 1.0,
                  echo: Callable[[str], None] = lambda _s: None, on_exit: Callable[[], None] | None = None) -> None:
         from confluent_kafka import Consumer, Producer
 

@@ -216,20 +216,34 @@ class LoadResult:
         return self
 
 
+#: Ids per version lookup. Up to about 30,000 an ``IN {ids:Array(String)}`` is a hash set (about
+#: 100 ms for 20,000 ids); from about 40,000 chDB searches the array per row (14 s for 40,000 ids,
+#: 44 s for 50,000: bench/bench_sink.py's stream at 100,000-message batches), so larger batches are
+#: looked up in slices of this many.
+LOOKUP_IDS: Final = 20_000
+
+
 def stored_versions(store: Store, kind: FactKind, batch: pa.Table) -> pa.Table:
     """The rows the store holds now for the incidents in ``batch`` (current version each)."""
     # Two single-column sets, not one set of (trust, incident_id) tuples: ClickHouse turns an
     # Array(Tuple) parameter on the right of IN into a per-row search (22 s for 50k keys against
     # 50k rows), while Array(String) becomes a hash set over the primary key. Ids shared by two
     # trusts may fetch a few extra rows; the joins below match exact pairs.
-    trusts = sorted(set(batch.column("trust").to_pylist()))
     cols = ", ".join(f"`{c}`" for c in kind.columns)
     sql = (f"SELECT {cols} FROM {kind.facts_table} FINAL "
            f"WHERE trust IN {{trusts:Array(String)}} AND {kind.id_column} IN {{ids:Array(String)}}")
-    got = store.query_arrow(sql, {"trusts": trusts, "ids": batch.column(kind.id_column).to_pylist()})
-    if got.num_rows == 0:
+    keys = batch.select(["trust", kind.id_column]).group_by(["trust", kind.id_column]).aggregate([])
+    parts = []
+    for first in range(0, keys.num_rows, LOOKUP_IDS):
+        part = keys.slice(first, LOOKUP_IDS)
+        got = store.query_arrow(sql, {"trusts": sorted(set(part.column("trust").to_pylist())),
+                                      "ids": part.column(kind.id_column).to_pylist()})
+        if got.num_rows:
+            parts.append(got.select(list(kind.columns)).cast(kind.schema))
+    if not parts:
         return kind.schema.empty_table()
-    return got.select(list(kind.columns)).cast(kind.schema)
+    # an id shared by two trusts may come back from two slices: one row per (trust, id)
+    return latest_in_batch(pa.concat_tables(parts), kind.id_column) if len(parts) > 1 else parts[0]
 
 
 def plan_changes(kind: FactKind, table: pa.Table, stored: pa.Table) -> tuple[pa.Table, LoadResult]:

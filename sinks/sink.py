@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import Counter, Gauge, Histogram
 
+from amb.config import SINK_BATCH_MESSAGES
 from amb.dlq import dead_letter
 from amb.errors import AmbError
 from domain.facts import Call111Fact, HandoverFact, IncidentFact
@@ -212,7 +213,7 @@ class FactSink:
         consumer: Any,
         producer: Any,
         dlq_topic: str,
-        batch_size: int = 20_000,
+        batch_size: int = SINK_BATCH_MESSAGES,
         batch_seconds: float = 1.0,
         retries: int = 5,
         echo: Callable[[str], None] = lambda _s: None,

@@ -275,3 +275,25 @@ def test_a_store_error_mid_load_is_finished_by_the_next_load_in_the_same_process
     load_stream(dying, tag, [7])  # the same store object, cut differently
     assert snapshot(store, tag) == snapshot(store, "ref")
     assert check(store) == []
+
+
+def test_a_lookup_in_slices_finds_what_one_lookup_finds(store: ChdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches above LOOKUP_IDS keys are looked up slice by slice (chDB searches a big IN array per
+    row): the same stored rows, once each, even for an id two trusts share across slices."""
+    import sinks.loader as loader
+
+    def moved(f: Any, trust: str, version: int) -> Any:
+        return dataclasses.replace(f, trust=trust, version=version)
+
+    first = [moved(f, t, f.version) for f in INC for t in ("SLA", "SLB")]  # every id under two trusts
+    load_facts(store, "slices:1", first)
+    later = [moved(f, t, f.version + 1) for f in INC for t in ("SLB", "SLA")]
+    batch = to_arrow(INCIDENTS, later)
+    whole = loader.stored_versions(store, INCIDENTS, batch)
+    monkeypatch.setattr(loader, "LOOKUP_IDS", 3)
+    sliced = loader.stored_versions(store, INCIDENTS, batch)
+    key = [("trust", "ascending"), ("incident_id", "ascending")]
+    assert whole.num_rows == len({(f.trust, f.incident_id) for f in first})
+    assert sliced.sort_by(key).to_pylist() == whole.sort_by(key).to_pylist()
+    load_facts(store, "slices:2", later)  # sliced lookups all through: each -1 written once
+    assert check(store) == []

@@ -61,7 +61,7 @@ Example:
 @click.option("--with-sink", "with_sink", is_flag=True, help="Also run the fact sink in this process (the one "
               "owner of a chDB store); applies pending migrations first, as `amb sink` does.")
 @click.option("--sink-group", default=None, help="Sink consumer group (default AMB_TOPIC_PREFIX-sink).")
-@click.option("--sink-batch-size", type=click.IntRange(min=1), default=20_000, show_default=True,
+@click.option("--sink-batch-size", type=click.IntRange(min=1), default=config.SINK_BATCH_MESSAGES, show_default=True,
               help="Most fact messages per insert (--with-sink).")
 def command(host: str, port: int | None, identities: Path | None, workers: int, duration: float,
             with_sink: bool, sink_group: str | None, sink_batch_size: int) -> None:
