@@ -64,7 +64,7 @@ def measure(base: Settings, work: Path, rate: float, seconds: float, worker_with
     consumer = Consumer(consumer_config(s.bootstrap, f"{s.topic_prefix}-sink"))
     consumer.subscribe([incident_facts_topic(s)])
     producer = Producer({"bootstrap.servers": s.bootstrap, "log_level": 3})
-    sink = FactSink(store, consumer, producer, dlq_topic(s), batch_size=20_000, batch_seconds=sink_seconds)
+    sink = FactSink(store, consumer, producer, dlq_topic(s), batch_seconds=sink_seconds)  # default batch size
     log_path = work / f"worker-{uuid.uuid4().hex[:6]}.log"
     argv = [sys.executable, "-c", AMB, "worker", "--worker-id", uuid.uuid4().hex[:6], "--workers-dir", str(work),
             "--metrics-port", "0", "--web-port", "0", "--batch-within", str(worker_within)]
