@@ -73,7 +73,7 @@ from domain.disclosure import SPECS, SUPPRESSED, TableSpec, Value, suppress
 from domain.metrics import MONTH, PERIOD_KINDS, UNKNOWN
 from domain.pseudonym import pseudonymise
 from sinks import queries
-from sinks.store import ChdbStore, Result, Store, StoreError, bind_value, quote
+from sinks.store import ChdbStore, Result, Store, StoreError, bind_value, chdb_rows_sql, quote
 
 log = logging.getLogger("amb.serve")
 R = TypeVar("R")
@@ -319,36 +319,28 @@ class ServeMetrics:
 
 
 class ThreadLocalChdb:
-    """The store for a multi-threaded service: each thread gets its own chDB connection to the
-    store's directory (chDB allows several connections to the one directory a process has open).
+    """The store for a multi-threaded service: each thread queries on its own chDB connection to
+    the store's directory (ChdbStore keeps one per thread; chDB allows several connections to the
+    one directory a process has open).
 
     Why: one chDB connection shared by threads mixes up concurrent queries' parameters (seen as
     "Substitution `level` is not set" and as answers to another thread's parameters under 10
-    concurrent clients in bench/bench_serve.py), so a ChdbStore is safe for one thread at a time.
-    The wrapped store keeps the directory lock; close this before it."""
+    concurrent clients in bench/bench_serve.py). Closing this only stops the service's use; the
+    wrapped store keeps the directory lock and closes the connections."""
 
     backend = "chdb"
+    concurrent = True
 
     def __init__(self, store: ChdbStore) -> None:
         self.store = store
         self.path = store.path
-        self._local = threading.local()
-        self._all: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            import chdb
-
-            with self._lock:
-                if self._closed:
-                    raise StoreError(f"chDB store {self.path} is closed")
-                conn = chdb.connect(str(self.path))
-                self._all.append(conn)
-            self._local.conn = conn
-        return conn
+        if self._closed:
+            raise StoreError(f"chDB store {self.path} is closed")
+        return self.store._thread_conn()
 
     def _run(self, sql: str, params: Mapping[str, Any] | None, fmt: str) -> Any:
         bound = {k: bind_value(v) for k, v in (params or {}).items()}
@@ -375,17 +367,16 @@ class ThreadLocalChdb:
             raise StoreError(f"no result set from: {sql.strip()[:160]}")
         return table
 
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        amb_rows = rows.combine_chunks()  # noqa: F841  (found by name by chDB's Python())
+        return self.query_arrow(chdb_rows_sql(sql), params)
+
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
         with self._lock:
             return self.store.insert_arrow(table, data, dedup_token)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._closed = True
 
     def __enter__(self) -> ThreadLocalChdb:
         return self
@@ -401,6 +392,7 @@ class SerialStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.backend = store.backend
+        self.concurrent = False  # one statement at a time: nothing to gain from threads
         self._lock = threading.Lock()
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
@@ -414,6 +406,10 @@ class SerialStore:
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         with self._lock:
             return self.store.query_arrow(sql, params)
+
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        with self._lock:
+            return self.store.query_arrow_with(sql, rows, params)
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
         with self._lock:
@@ -1145,6 +1141,7 @@ class InvalidatingStore:
     def __init__(self, store: Store, changed: Callable[[], None]) -> None:
         self.store, self.changed = store, changed
         self.backend = store.backend
+        self.concurrent = getattr(store, "concurrent", False)
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         try:
@@ -1157,6 +1154,9 @@ class InvalidatingStore:
 
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         return self.store.query_arrow(sql, params)
+
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        return self.store.query_arrow_with(sql, rows, params)
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
         try:

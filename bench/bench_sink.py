@@ -135,7 +135,7 @@ def worker_stream(days: int) -> list[Any]:
     from amb.codec import default_codec
     from amb.simulate_io import load_pool
     from domain.simulate import Mess, SimConfig, clean_events
-    from sinks.sink import HeldMessage
+    from sinks.sink import held_message
     from streams.geo import IndexGeo
     from streams.pipeline import BatchStep, DictStore, InMessage
 
@@ -149,7 +149,7 @@ def worker_stream(days: int) -> list[Any]:
         chunk = events[i:i + 10_000]
         msgs = [InMessage(f"amb.events.{e.trust}", hash(e.key) % 4, i + j, e.key.encode(), codec.encode(e, now))
                 for j, e in enumerate(chunk)]
-        out += [HeldMessage("amb.incident-facts", f.partition, len(out) + k, b"", f.value)
+        out += [held_message("amb.incident-facts", f.partition, len(out) + k, b"", f.value)
                 for k, f in enumerate(step.process(msgs, now).facts)]
     return out
 

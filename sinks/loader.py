@@ -27,20 +27,22 @@ One loader per store: the lookup and the staging assume no one else writes these
 from __future__ import annotations
 
 import operator
+import threading
 import types
 import typing
 import uuid
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from domain.facts import Call111Fact, HandoverFact, IncidentFact
-from sinks.store import Store, insert_head, quote
+from sinks.store import ROWS, Store, insert_head, quote
 
 
 def _arrow_type(name: str, annotation: Any) -> pa.DataType:
@@ -181,21 +183,27 @@ def decode_columns(values: Sequence[bytes]) -> dict[str, pa.Table] | None:
     return out
 
 
+def _key_codes(table: pa.Table, id_column: str) -> np.ndarray:
+    """One int64 per row, equal exactly when (trust, id) are: each column dictionary-encoded in
+    C++, then combined, so grouping is a numpy sort of integers, not of string pairs (3x)."""
+    trust = pc.dictionary_encode(table.column("trust").combine_chunks())
+    ids = pc.dictionary_encode(table.column(id_column).combine_chunks())
+    codes = trust.indices.to_numpy().astype(np.int64) * len(ids.dictionary)
+    return np.asarray(codes + ids.indices.to_numpy().astype(np.int64))
+
+
 def latest_in_batch(table: pa.Table, id_column: str = "incident_id") -> pa.Table:
-    """The highest version of each (trust, id) in ``table`` (ties: the last row given)."""
+    """The highest version of each (trust, id) in ``table`` (ties: the last row given), in the
+    order the rows were given."""
     if table.num_rows <= 1:
         return table
     n = table.num_rows
-    t = table.append_column("_row", pa.array(range(n), pa.int64()))
-    t = t.sort_by([("trust", "ascending"), (id_column, "ascending"),
-                   ("version", "descending"), ("_row", "descending")])
-    trust, iid = t.column("trust"), t.column(id_column)
-    first = pc.or_(
-        pc.not_equal(trust.slice(1), trust.slice(0, n - 1)),
-        pc.not_equal(iid.slice(1), iid.slice(0, n - 1)),
-    )
-    mask = pa.concat_arrays([pa.array([True]), *pc.fill_null(first, True).chunks])
-    return t.filter(mask).drop_columns(["_row"])
+    codes = _key_codes(table, id_column)
+    order = np.lexsort((np.arange(n), table.column("version").to_numpy(), codes))  # last key sorts first
+    grouped = codes[order]
+    last = np.ones(n, bool)
+    last[:-1] = grouped[1:] != grouped[:-1]
+    return table.take(pa.array(np.sort(order[last])))
 
 
 @dataclass
@@ -216,34 +224,27 @@ class LoadResult:
         return self
 
 
-#: Ids per version lookup. Up to about 30,000 an ``IN {ids:Array(String)}`` is a hash set (about
-#: 100 ms for 20,000 ids); from about 40,000 chDB searches the array per row (14 s for 40,000 ids,
-#: 44 s for 50,000: bench/bench_sink.py's stream at 100,000-message batches), so larger batches are
-#: looked up in slices of this many.
-LOOKUP_IDS: Final = 20_000
-
-
 def stored_versions(store: Store, kind: FactKind, batch: pa.Table) -> pa.Table:
-    """The rows the store holds now for the incidents in ``batch`` (current version each)."""
-    # Two single-column sets, not one set of (trust, incident_id) tuples: ClickHouse turns an
-    # Array(Tuple) parameter on the right of IN into a per-row search (22 s for 50k keys against
-    # 50k rows), while Array(String) becomes a hash set over the primary key. Ids shared by two
-    # trusts may fetch a few extra rows; the joins below match exact pairs.
+    """The rows the store holds now for the (trust, id) pairs in ``batch`` (current version each).
+
+    The batch's ids go to the engine as a table (``amb_rows``), which it turns into one hash set:
+    all of a 100,000-message batch in one statement, where an ``Array(String)`` parameter became a
+    per-row search from about 40,000 ids (14-44 s). No ``FINAL``: the loader writes only strictly
+    newer versions, so the highest version read per pair is what ``FINAL`` would keep, at half the
+    cost (bench/bench_sink.py). ``GLOBAL IN`` sends the set to every shard of a cluster."""
     cols = ", ".join(f"`{c}`" for c in kind.columns)
-    sql = (f"SELECT {cols} FROM {kind.facts_table} FINAL "
-           f"WHERE trust IN {{trusts:Array(String)}} AND {kind.id_column} IN {{ids:Array(String)}}")
-    keys = batch.select(["trust", kind.id_column]).group_by(["trust", kind.id_column]).aggregate([])
-    parts = []
-    for first in range(0, keys.num_rows, LOOKUP_IDS):
-        part = keys.slice(first, LOOKUP_IDS)
-        got = store.query_arrow(sql, {"trusts": sorted(set(part.column("trust").to_pylist())),
-                                      "ids": part.column(kind.id_column).to_pylist()})
-        if got.num_rows:
-            parts.append(got.select(list(kind.columns)).cast(kind.schema))
-    if not parts:
+    idc = kind.id_column
+    keys = batch.select(["trust", idc]).group_by(["trust", idc]).aggregate([])
+    if keys.num_rows == 0:
         return kind.schema.empty_table()
-    # an id shared by two trusts may come back from two slices: one row per (trust, id)
-    return latest_in_batch(pa.concat_tables(parts), kind.id_column) if len(parts) > 1 else parts[0]
+    ids = keys.select([idc]).group_by([idc]).aggregate([])
+    got = store.query_arrow_with(
+        f"SELECT {cols} FROM {kind.facts_table} WHERE {idc} GLOBAL IN (SELECT {idc} FROM {ROWS})", ids)
+    if got.num_rows == 0:
+        return kind.schema.empty_table()
+    got = got.select(list(kind.columns)).cast(kind.schema)
+    # unmerged parts hold older versions, and an id two trusts share brings the other's rows
+    return latest_in_batch(got.join(keys, keys=["trust", idc], join_type="inner").select(list(kind.columns)), idc)
 
 
 def plan_changes(kind: FactKind, table: pa.Table, stored: pa.Table) -> tuple[pa.Table, LoadResult]:
@@ -324,6 +325,11 @@ def load_kind(store: Store, kind: FactKind, table: pa.Table, token: str) -> Load
     """Apply one batch of one fact kind; see the module docstring for the steps and guarantees.
     ``token`` names the batch in errors; identity comes from a fresh load id."""
     _ensure_recovered(store)
+    return _load_recovered(store, kind, table)
+
+
+def _load_recovered(store: Store, kind: FactKind, table: pa.Table) -> LoadResult:
+    """:func:`load_kind` once the store's stagings are known to be finished."""
     if table.num_rows == 0:
         return LoadResult()
     if tuple(table.column_names) != kind.columns:
@@ -348,6 +354,18 @@ def load_kind(store: Store, kind: FactKind, table: pa.Table, token: str) -> Load
     return res
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _kinds_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(len(KINDS), thread_name_prefix="amb-load")
+        return _pool
+
+
 def load_facts(
     store: Store,
     token: str,
@@ -356,12 +374,29 @@ def load_facts(
     calls: Sequence[Call111Fact] | pa.Table = (),
 ) -> dict[str, LoadResult]:
     """Load a batch of incident, handover and 111-call facts under one deduplication ``token``
-    (e.g. ``amb.incident-facts:3:1200-1299``). Returns what happened per kind."""
-    out = {}
-    for kind, rows in ((INCIDENTS, incidents), (HANDOVERS, handovers), (CALLS, calls)):
-        table = rows if isinstance(rows, pa.Table) else to_arrow(kind, rows)
-        out[kind.name] = load_kind(store, kind, table, token)
-    return out
+    (e.g. ``amb.incident-facts:3:1200-1299``). Returns what happened per kind.
+
+    The kinds share no table, so on a store that takes statements from several threads
+    (``store.concurrent``: chDB) they load in parallel, one thread each: chDB releases the GIL
+    while a statement runs, so one kind's inserts overlap another's Arrow planning and the two
+    cores both work (bench/bench_sink.py: 70k -> 89k messages/s). Each kind is crash-safe on its
+    own (its own staging and commit), so a failure in one leaves the others loaded or not, and the
+    batch's retry finds their versions stored (stale). Every kind's thread is waited for before
+    the first error is raised: no statement is still running when the caller retries."""
+    tables = [(kind, rows if isinstance(rows, pa.Table) else to_arrow(kind, rows))
+              for kind, rows in ((INCIDENTS, incidents), (HANDOVERS, handovers), (CALLS, calls))]
+    _ensure_recovered(store)  # before any thread starts: recovery touches every kind's tables
+    busy = [(kind, t) for kind, t in tables if t.num_rows]
+    if len(busy) > 1 and getattr(store, "concurrent", False):
+        futures = {kind.name: _kinds_pool().submit(_load_recovered, store, kind, t) for kind, t in busy}
+        wait(futures.values())
+        for f in futures.values():
+            if f.exception() is not None:
+                raise cast(BaseException, f.exception())
+        done = {name: f.result() for name, f in futures.items()}
+    else:
+        done = {kind.name: _load_recovered(store, kind, t) for kind, t in busy}
+    return {kind.name: done.get(kind.name, LoadResult()) for kind, _ in tables}
 
 
 def check(store: Store) -> list[str]:

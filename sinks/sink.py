@@ -18,12 +18,13 @@ with a ClickHouse server.
 
 from __future__ import annotations
 
+import operator
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import Counter, Gauge, Histogram
@@ -89,38 +90,12 @@ class Message(Protocol):
     def timestamp(self) -> tuple[int, int]: ...
 
 
-class HeldMessage:
-    """A :class:`Message` held in memory, for fact messages that come from elsewhere than a
-    consumer (tests, benches): no headers, no error, no timestamp."""
+def held_message(topic: str, partition: int, offset: int, key: bytes, value: bytes) -> Message:
+    """A fact message held in memory (tests, benches): a real ``confluent_kafka.Message``, so its
+    accessors cost what a consumed message's do. No headers, no error, no timestamp."""
+    from confluent_kafka import Message as KafkaMessage
 
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value")
-
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
-        self._topic, self._partition, self._offset, self._key, self._value = topic, partition, offset, key, value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return []
-
-    def error(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)  # TIMESTAMP_NOT_AVAILABLE
+    return cast(Message, KafkaMessage(topic=topic, partition=partition, offset=offset, key=key, value=value))
 
 
 @dataclass
@@ -148,20 +123,14 @@ def load_batch(
     its size). Undecodable messages go to ``on_dead`` (reason); the token names every partition's
     offset range, for the store's logs."""
     out = BatchOutcome()
-    by_partition: dict[tuple[str, int], list[Message]] = defaultdict(list)
-    for m in messages:
-        by_partition[(str(m.topic()), int(m.partition() or 0))].append(m)
-    parts = sorted(by_partition.items())
-    # columnar in C++ when every message is well formed; else one by one, bad ones to the DLQ
-    tables = decode_columns([m.value() or b"" for _, msgs in parts for m in msgs])
+    # columnar in Rust/C++ when every message is well formed; else one by one, bad ones to the DLQ
+    tables = decode_columns([v or b"" for v in map(_VALUE, messages)])
     if tables is None:
-        each = [_decode_each(msgs, on_dead, out) for _, msgs in parts]
-        tables = {k.name: pa.concat_tables([t[k.name] for t in each]) for k in (INCIDENTS, HANDOVERS, CALLS)}
+        tables = _decode_each(messages, on_dead, out)
     tokens = []
-    for (topic, part), msgs in parts:
-        offsets = [int(m.offset() or 0) for m in msgs]
-        tokens.append(partition_token(topic, part, min(offsets), max(offsets)))
-        out.offsets[(topic, part)] = max(offsets) + 1
+    for (topic, part), (first, last) in offset_ranges(messages).items():
+        tokens.append(partition_token(topic, part, first, last))
+        out.offsets[(topic, part)] = last + 1
     incidents, calls = tables[INCIDENTS.name], tables[CALLS.name]
     for kind, res in load_facts(store, ",".join(tokens), incidents, tables[HANDOVERS.name], calls).items():
         acc = out.results.setdefault(kind, LoadResult())
@@ -169,6 +138,36 @@ def load_batch(
     out.newest_event_ms = max(out.newest_event_ms, pc.max(incidents.column("last_event_ms")).as_py() or 0,
                               pc.max(calls.column("call_time_ms")).as_py() or 0)
     return out
+
+
+_VALUE: Final = operator.methodcaller("value")
+_TOPIC: Final = operator.methodcaller("topic")
+_PARTITION: Final = operator.methodcaller("partition")
+_OFFSET: Final = operator.methodcaller("offset")
+
+
+def offset_ranges(messages: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (lowest, highest offset) among ``messages``, sorted by partition.
+    Vectorised: a 100,000-message batch in milliseconds, not a Python loop of method calls."""
+    n = len(messages)
+    if n == 0:
+        return {}
+    try:  # consumed messages always carry both; the generators below cost 15 ms per 100,000
+        offsets = np.fromiter(map(_OFFSET, messages), np.int64, n)
+        partitions = np.fromiter(map(_PARTITION, messages), np.int64, n)
+    except TypeError:
+        offsets = np.fromiter((o or 0 for o in map(_OFFSET, messages)), np.int64, n)
+        partitions = np.fromiter((p or 0 for p in map(_PARTITION, messages)), np.int64, n)
+    topics = list(map(_TOPIC, messages))
+    names = sorted(set(topics), key=str)
+    which = partitions if len(names) == 1 else (
+        np.fromiter(map({t: i for i, t in enumerate(names)}.__getitem__, topics), np.int64, n) << 32) + partitions
+    order = np.lexsort((offsets, which))
+    grouped = which[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    ends = np.r_[starts[1:], n] - 1
+    return {(str(topics[order[a]]), int(partitions[order[a]])): (int(offsets[order[a]]), int(offsets[order[b]]))
+            for a, b in zip(starts, ends, strict=True)}
 
 
 def _decode_each(msgs: Sequence[Message], on_dead: Callable[[Message, str], None], out: BatchOutcome,

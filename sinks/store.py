@@ -2,9 +2,11 @@
 
 Everything above this module (migrations, loader, queries) builds SQL text once and hands it to a
 :class:`Store`; the adapters only move bytes. Both send the same statements: the one place they
-differ is how an INSERT carries its Arrow data: chDB reads the table in place through its
-``Python()`` table function; the server receives an ``ArrowStream`` body through
-clickhouse-connect's ``raw_insert``. Table, columns and settings are the same.
+differ is how Arrow data from this process reaches a statement: an INSERT's rows, and the in-memory
+table ``amb_rows`` a SELECT may read (:meth:`Store.query_arrow_with`). chDB reads the table in
+place through its ``Python()`` table function; the server receives an ``ArrowStream`` body
+(clickhouse-connect's ``raw_insert``, or external data named ``amb_rows``). Table, columns and
+settings are the same.
 
 chDB facts that shape this module (chdb-core 26.x, checked by tests/test_store.py):
 
@@ -25,12 +27,13 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -77,10 +80,19 @@ class Result:
         return self.rows[0][0] if self.rows else None
 
 
+#: The name a SELECT gives the in-memory table of :meth:`Store.query_arrow_with`.
+ROWS: Final = "amb_rows"
+_ROWS_RE: Final = re.compile(rf"\b{ROWS}\b")
+
+
 class Store(Protocol):
-    """What the shell needs from ClickHouse. Implementations must not rewrite SQL."""
+    """What the shell needs from ClickHouse. Implementations must not rewrite SQL, except that chDB
+    reads the table named ``amb_rows`` through ``Python(amb_rows)``."""
 
     backend: str
+    #: True when statements may be sent from several threads at once (the loader then loads its
+    #: fact kinds in parallel); a client that allows one query at a time says False.
+    concurrent: bool
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         """Run a statement that returns nothing (DDL, INSERT ... SELECT, OPTIMIZE)."""
@@ -90,6 +102,11 @@ class Store(Protocol):
 
     def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         """Run a SELECT and return an Arrow table (bulk reads: the loader's version lookup)."""
+
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        """A SELECT that reads ``rows`` (from this process) as the table ``amb_rows``, e.g.
+        ``... WHERE id GLOBAL IN (SELECT id FROM amb_rows)``: a batch's keys as a set the engine
+        builds once, where an ``Array`` parameter of 40,000 ids is searched per row in chDB."""
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
         """Insert an Arrow table by column name; a repeated ``dedup_token`` is dropped by every
@@ -166,6 +183,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def chdb_rows_sql(sql: str) -> str:
+    """The SQL of a :meth:`Store.query_arrow_with` as chDB runs it: ``amb_rows`` read through
+    ``Python()``, which finds the Arrow table by that name in the calling frames."""
+    return _ROWS_RE.sub(f"Python({ROWS})", sql)
+
+
+def arrow_stream(data: pa.Table) -> bytes:
+    """An Arrow table as an ``ArrowStream`` body (the server's inserts and external data)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write_table(data)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+_CH_TYPES: Final = {pa.string(): "String", pa.int64(): "Int64", pa.uint32(): "UInt32", pa.int8(): "Int8",
+                    pa.bool_(): "Bool"}
+
+
 def _pylist_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
     return list(zip(*cols, strict=True)) if cols else []
@@ -214,12 +249,15 @@ class _DirLock:
 class ChdbStore:
     """Embedded chDB on a persistent directory; the process that opens it is its only user.
 
-    NOT safe to share between threads: under concurrent queries one connection mixed up query
-    parameters (seen by amb serve with 10 clients). Use one connection per thread, as amb.serve's
-    ThreadLocalChdb does.
+    Safe to use from several threads at once: the opening thread uses the connection opened with
+    the store, every other thread gets its own connection to the same directory on first use
+    (one connection shared by threads mixed up concurrent queries' parameters: seen by amb serve
+    with 10 clients). chDB runs statements of different connections in parallel, with the GIL
+    released, which is what the loader's concurrent fact kinds use.
     """
 
     backend = "chdb"
+    concurrent = True
 
     def __init__(self, path: Path) -> None:
         global _open_path
@@ -241,6 +279,25 @@ class ChdbStore:
                 raise StoreError(f"cannot open chDB store {self.path}: {_first_line(exc)}") from None
             _open_path = self.path
         self._closed = False
+        self._opener = threading.get_ident()
+        self._local = threading.local()
+        self._others: list[Any] = []  # the other threads' connections, closed with the store
+        self._others_lock = threading.Lock()
+
+    def _thread_conn(self) -> Any:
+        if threading.get_ident() == self._opener:
+            return self._conn
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            import chdb
+
+            with self._others_lock:
+                if self._closed:
+                    raise StoreError(f"chDB store {self.path} is closed")
+                conn = chdb.connect(str(self.path))
+                self._others.append(conn)
+            self._local.conn = conn
+        return conn
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._run(sql, params, "CSV")
@@ -256,6 +313,10 @@ class ChdbStore:
         if not isinstance(table, pa.Table):
             raise StoreError(f"no result set from: {sql.strip()[:160]}")
         return table
+
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        amb_rows = rows.combine_chunks()  # noqa: F841  (found by name by Python() below)
+        return self.query_arrow(chdb_rows_sql(sql), params)
 
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
         if data.num_rows == 0:
@@ -273,7 +334,9 @@ class ChdbStore:
             raise StoreError(f"chDB store {self.path} is closed")
         bound = {k: bind_value(v) for k, v in (params or {}).items()}
         try:
-            return self._conn.query(sql, fmt, params=bound)
+            return self._thread_conn().query(sql, fmt, params=bound)
+        except StoreError:
+            raise
         except Exception as exc:
             raise StoreError(f"{_first_line(exc)} [in: {sql.strip()[:160]}]") from None
 
@@ -281,9 +344,14 @@ class ChdbStore:
         global _open_path
         if self._closed:
             return
-        self._closed = True
+        with self._others_lock:
+            self._closed = True
+            others, self._others = self._others, []
         with _process_lock:
             try:
+                for conn in others:
+                    with contextlib.suppress(Exception):
+                        conn.close()
                 self._conn.close()
             finally:
                 self._lock.release()
@@ -307,6 +375,7 @@ class ClickHouseServerStore:
     """
 
     backend = "clickhouse"
+    concurrent = False  # clickhouse-connect refuses concurrent queries in one session
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -348,17 +417,28 @@ class ClickHouseServerStore:
             raise StoreError(f"{_first_line(exc)} [in: {sql.strip()[:160]}]") from None
         return cast(pa.Table, table)
 
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Mapping[str, Any] | None = None) -> pa.Table:
+        from clickhouse_connect.driver.external import ExternalData
+
+        try:
+            structure = [f"{f.name} {_CH_TYPES[f.type]}" for f in rows.schema]
+        except KeyError as exc:
+            raise StoreError(f"cannot send a column of type {exc} as external data") from None
+        external = ExternalData(file_name=ROWS, data=arrow_stream(rows), fmt="ArrowStream", structure=structure)
+        try:
+            table = self.client.query_arrow(sql, parameters=dict(params) if params else None, external_data=external)
+        except Exception as exc:
+            raise StoreError(f"{_first_line(exc)} [in: {sql.strip()[:160]}]") from None
+        return cast(pa.Table, table)
+
     def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None) -> int:
         if data.num_rows == 0:
             return 0
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, data.schema) as writer:
-            writer.write_table(data)
         # Over HTTP: `INSERT INTO table (cols) FORMAT ArrowStream` with the settings as URL
         # parameters: the same table, columns and settings as insert_head() gives chDB.
         try:
             self.client.raw_insert(
-                table, list(data.column_names), sink.getvalue().to_pybytes(),
+                table, list(data.column_names), arrow_stream(data),
                 settings=dedup_settings(dedup_token) if dedup_token is not None else None, fmt="ArrowStream",
             )
         except Exception as exc:

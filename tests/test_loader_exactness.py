@@ -151,6 +151,9 @@ class CrashingStore:
     def query_arrow(self, sql: str, params: Any = None) -> pa.Table:
         return self.inner.query_arrow(sql, params)
 
+    def query_arrow_with(self, sql: str, rows: pa.Table, params: Any = None) -> pa.Table:
+        return self.inner.query_arrow_with(sql, rows, params)
+
     def command(self, sql: str, params: Any = None) -> None:
         self._write(sql, lambda: self.inner.command(sql, params))
 
@@ -277,23 +280,27 @@ def test_a_store_error_mid_load_is_finished_by_the_next_load_in_the_same_process
     assert check(store) == []
 
 
-def test_a_lookup_in_slices_finds_what_one_lookup_finds(store: ChdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Batches above LOOKUP_IDS keys are looked up slice by slice (chDB searches a big IN array per
-    row): the same stored rows, once each, even for an id two trusts share across slices."""
+def test_the_lookup_returns_the_current_row_of_each_pair_asked_and_nothing_else(store: ChdbStore) -> None:
+    """stored_versions reads without FINAL and by id alone: unmerged older versions and another
+    trust's row under the same id come back from the engine and must not reach the plan."""
     import sinks.loader as loader
 
     def moved(f: Any, trust: str, version: int) -> Any:
         return dataclasses.replace(f, trust=trust, version=version)
 
-    first = [moved(f, t, f.version) for f in INC for t in ("SLA", "SLB")]  # every id under two trusts
-    load_facts(store, "slices:1", first)
-    later = [moved(f, t, f.version + 1) for f in INC for t in ("SLB", "SLA")]
-    batch = to_arrow(INCIDENTS, later)
-    whole = loader.stored_versions(store, INCIDENTS, batch)
-    monkeypatch.setattr(loader, "LOOKUP_IDS", 3)
-    sliced = loader.stored_versions(store, INCIDENTS, batch)
+    load_facts(store, "pairs:1", [moved(f, t, f.version) for f in INC for t in ("SLA", "SLB")])
+    load_facts(store, "pairs:2", [moved(f, "SLA", f.version + 1) for f in INC])  # SLA: two versions stored
+    rows = store.query("SELECT count(), (SELECT count() FROM incident_facts FINAL) FROM incident_facts").rows[0]
+    assert rows[0] > rows[1]  # older versions still unmerged
+    asked = [moved(f, "SLA" if i % 2 else "SLB", 99) for i, f in enumerate(INC)]
+    got = loader.stored_versions(store, INCIDENTS, to_arrow(INCIDENTS, asked))
+    final = store.query_arrow("SELECT * FROM incident_facts FINAL").select(list(INCIDENTS.columns))
+    pairs = {(f.trust, f.incident_id) for f in asked}
+    want = [r for r in final.cast(INCIDENTS.schema).to_pylist() if (r["trust"], r["incident_id"]) in pairs]
     key = [("trust", "ascending"), ("incident_id", "ascending")]
-    assert whole.num_rows == len({(f.trust, f.incident_id) for f in first})
-    assert sliced.sort_by(key).to_pylist() == whole.sort_by(key).to_pylist()
-    load_facts(store, "slices:2", later)  # sliced lookups all through: each -1 written once
+    assert got.sort_by(key).to_pylist() == sorted(want, key=lambda r: (r["trust"], r["incident_id"]))
+    assert len(want) == len(pairs) == got.num_rows
+    latest = {f.incident_id: max(g.version for g in INC if g.incident_id == f.incident_id) for f in INC}
+    assert all(r["version"] == latest[r["incident_id"]] + (r["trust"] == "SLA") for r in got.to_pylist())
+    load_facts(store, "pairs:3", asked)  # each -1 copies the current row, once
     assert check(store) == []

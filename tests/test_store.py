@@ -30,7 +30,15 @@ from domain.oracle import compute
 from sinks import migrate as mig
 from sinks import queries
 from sinks.loader import INCIDENTS, KINDS, load_facts, to_arrow
-from sinks.store import ChdbStore, ClickHouseServerStore, Store, StoreBusyError, StoreError
+from sinks.store import (
+    ROWS,
+    ChdbStore,
+    ClickHouseServerStore,
+    Store,
+    StoreBusyError,
+    StoreError,
+    chdb_rows_sql,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS_PER_ROLLUP = {"incident_rollup_hourly": 6, "incident_rollup_daily": 7, "incident_rollup_monthly": 8}
@@ -203,6 +211,16 @@ class Recorder:
                 self._log.append(("insert", (table, tuple(cols), kw["settings"]["insert_deduplication_token"])))
             else:
                 self._log.append(("sql", args[0]))
+            external = kw.pop("external_data", None)
+            if external is not None:
+                # what the server does with external data, which the in-process client cannot
+                # send: the ArrowStream body becomes the table named in the query
+                (file,) = external.files
+                assert (file.name, file.fmt) == (ROWS, "ArrowStream")
+                amb_rows = pa.ipc.open_stream(file.data).read_all()  # noqa: F841  (read by Python())
+                assert [f"{f.name} {str(f.type).replace('string', 'String')}" for f in amb_rows.schema] == \
+                    file.structure.split(",")
+                args = (chdb_rows_sql(args[0]), *args[1:])
             return attr(*args, **kw)
 
         return call
@@ -212,7 +230,9 @@ def _normalise_chdb(log: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """chDB inserts are `INSERT INTO t (cols) SETTINGS ... SELECT cols FROM Python(amb_batch)`."""
     out = []
     for kind, sql in log:
-        if isinstance(sql, str) and sql.startswith("INSERT INTO") and "FROM Python(amb_batch)" in sql:
+        if isinstance(sql, str) and f"Python({ROWS})" in sql:
+            out.append((kind, sql.replace(f"Python({ROWS})", ROWS)))
+        elif isinstance(sql, str) and sql.startswith("INSERT INTO") and "FROM Python(amb_batch)" in sql:
             table = sql.split()[2]
             cols = tuple(c.strip("` ") for c in sql[sql.index("(") + 1 : sql.index(")")].split(","))
             token = sql.split("insert_deduplication_token = '", 1)[1].split("'", 1)[0]
@@ -252,6 +272,7 @@ def test_the_server_adapter_sends_the_same_statements_and_gets_the_same_answers(
     chdb_log: list[tuple[str, Any]] = []
     local = ChdbStore(tmp_path / "local")
     local._conn = Recorder(local._conn, chdb_log)
+    local.concurrent = False  # one thread, so every statement goes through the recorded connection
     try:
         got_local = workload(local)
     finally:

@@ -23,7 +23,7 @@ from domain.incident import apply_any, state_key  # noqa: E402
 from domain.oracle import compute  # noqa: E402
 from sinks import migrate as mig  # noqa: E402
 from sinks import queries  # noqa: E402
-from sinks.sink import FactSink, HeldMessage, consumer_config, load_batch  # noqa: E402
+from sinks.sink import FactSink, consumer_config, held_message, load_batch  # noqa: E402
 from sinks.store import ChdbStore  # noqa: E402
 from streams import fact_codec  # noqa: E402
 
@@ -69,8 +69,8 @@ def expected() -> dict[str, list[Any]]:
 
 def test_load_batch_loads_every_partition_at_once_and_sets_bad_messages_aside(store: ChdbStore) -> None:
     msgs = fact_messages(EXAMPLE)
-    fake = [HeldMessage("facts", i % 2, 100 + i, k, v) for i, (k, v) in enumerate(msgs)]
-    fake.append(HeldMessage("facts", 0, 999, b"k", b"not json"))
+    fake = [held_message("facts", i % 2, 100 + i, k, v) for i, (k, v) in enumerate(msgs)]
+    fake.append(held_message("facts", 0, 999, b"k", b"not json"))
     dead: list[str] = []
     out = load_batch(store, fake, lambda m, reason: dead.append(reason))
     assert len(dead) == 1 and "not an incident-facts message" in dead[0]
