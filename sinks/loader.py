@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -389,10 +389,7 @@ def load_facts(
     busy = [(kind, t) for kind, t in tables if t.num_rows]
     if len(busy) > 1 and getattr(store, "concurrent", False):
         futures = {kind.name: _kinds_pool().submit(_load_recovered, store, kind, t) for kind, t in busy}
-        wait(futures.values())
-        for f in futures.values():
-            if f.exception() is not None:
-                raise cast(BaseException, f.exception())
+        wait(futures.values())  # all finished: result() raises the first kind's error, in kind order
         done = {name: f.result() for name, f in futures.items()}
     else:
         done = {kind.name: _load_recovered(store, kind, t) for kind, t in busy}
